@@ -1,0 +1,34 @@
+# jaxnets — every target creates .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint demo bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install jaxnets with its dev tools
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check jaxnets tests service examples
+
+test: lint  ## ruff + the whole pytest suite (exit code 5, "no tests ran", counts as a failure)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)  ## train LeNet-5 on the embedded digits, package it, serve it, query it over HTTP
+	$(PY) -m jaxnets.demo
+
+bench: $(STAMP)  ## run the standard benchmark set and rewrite BENCHMARKS.md
+	$(PY) -m jaxnets.bench_suite
+
+clean:  ## remove caches and run outputs (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache runs build dist *.egg-info

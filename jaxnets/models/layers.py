@@ -1,0 +1,93 @@
+"""Small building blocks shared by the model families.
+
+They exist so that every family pools, activates and initialises the same way, and so that the
+torchvision layouts (adaptive pooling, floor-mode max pooling) behave identically in JAX, including
+on inputs smaller than torchvision itself accepts (AlexNet at 32×32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+Array = jnp.ndarray
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "gelu": nn.gelu,
+    "leaky_relu": nn.leaky_relu,
+    "elu": nn.elu,
+    "silu": nn.silu,
+    "identity": lambda x: x,
+}
+
+# Weight initialisers by the names the course uses. "he" and "small" are plain normals (not truncated)
+# so that the measured std is exactly what the lesson says: sqrt(2 / fan_in) and 0.01.
+INITIALIZERS: dict[str, Callable] = {
+    "he": nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
+    "xavier": nn.initializers.variance_scaling(1.0, "fan_avg", "normal"),
+    "lecun": nn.initializers.variance_scaling(1.0, "fan_in", "normal"),
+    "small": nn.initializers.normal(0.01),
+    "zeros": nn.initializers.zeros,
+}
+
+# torchvision's conv init (kaiming_normal_, mode="fan_out", relu) used by VGG and ResNet.
+conv_kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def choose(table: dict, name: str, what: str):
+    """Look a name up in a table, or fail with the list of valid names."""
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Averaging weights of torch's AdaptiveAvgPool along one axis (start=floor, end=ceil)."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: Array, out_hw: tuple[int, int]) -> Array:
+    """torch.nn.AdaptiveAvgPool2d for NHWC input, as two small matmuls (exact, any input size)."""
+    _, h, w, _ = x.shape
+    oh, ow = out_hw
+    if (h, w) == (oh, ow):
+        return x
+    if h % oh == 0 and w % ow == 0:  # plain non-overlapping average: a reshape and a mean
+        n, _, _, c = x.shape
+        return x.reshape(n, oh, h // oh, ow, w // ow, c).mean(axis=(2, 4))
+    ph = jnp.asarray(_adaptive_pool_matrix(h, oh), x.dtype)
+    pw = jnp.asarray(_adaptive_pool_matrix(w, ow), x.dtype)
+    return jnp.einsum("nhwc,oh,pw->nopc", x, ph, pw)
+
+
+def max_pool(x: Array, window: int, stride: int, padding: int = 0) -> Array:
+    """torch.nn.MaxPool2d (floor mode). An input smaller than the window is padded up to it with -inf,
+    so the classic ImageNet layouts still run on 32×32 images instead of failing."""
+    _, h, w, _ = x.shape
+    extra_h = max(0, window - (h + 2 * padding))
+    extra_w = max(0, window - (w + 2 * padding))
+    pads = ((padding, padding + extra_h), (padding, padding + extra_w))
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+
+
+def avg_pool2(x: Array) -> Array:
+    """2×2/2 average pooling as a reshape + mean (floor mode): cheaper than reduce_window on CPU."""
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    x = x[:, : h2 * 2, : w2 * 2, :]
+    return x.reshape(n, h2, 2, w2, 2, c).mean(axis=(2, 4))
+
+
+def flatten(x: Array) -> Array:
+    return x.reshape(x.shape[0], -1)
