@@ -1,0 +1,190 @@
+"""The `jaxnets` command: train | evaluate | predict | package | serve | bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .models import get_entry, list_models
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model; keeps the best and latest checkpoints",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train a registered model on a dataset. Example: "
+                                   "jaxnets train --model lenet5 --data digits --out runs/digits")
+    p.add_argument("--model", default="lenet5", choices=list_models(), help="model name")
+    p.add_argument("--data", default="digits",
+                   help="'digits', 'tfds:NAME', or a folder (class folders, train/val/test folders, MNIST IDX files, "
+                        "or one flat folder labelled by file name)")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory")
+    p.add_argument("--labels", default=None, help="comma-separated labels for a flat folder, e.g. cat,dog")
+    p.add_argument("--val-split", type=float, default=0.1, help="fraction carved out for validation")
+    p.add_argument("--test-split", type=float, default=0.1, help="fraction carved out for test")
+    p.add_argument("--size", type=int, default=None, help="input height=width (default: the model's)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grey, 3 RGB (default: the model's)")
+    p.add_argument("--resize", default="stretch", choices=("stretch", "crop", "pad"),
+                   help="stretch to size, shorter side + centre crop, or pad (MNIST 28 → 32)")
+    p.add_argument("--normalize", default=None, choices=("none", "half", "imagenet"),
+                   help="pixel normalisation (default: the model's)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", default="adam", choices=("sgd", "momentum", "adam", "adamw", "rmsprop"))
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--schedule", default="constant", choices=("constant", "cosine", "warmup_cosine", "step", "plateau"))
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="for warmup_cosine")
+    p.add_argument("--momentum", type=float, default=0.9, help="for momentum (and rmsprop with --nesterov)")
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--clip-norm", type=float, default=None, help="clip gradients to this global norm")
+    p.add_argument("--loss", default="auto", choices=("auto", "bce", "softmax"),
+                   help="auto: one logit + BCE for 2 classes, softmax cross-entropy otherwise")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--augment", default="none", help="augmentation preset: none, flip, light, classic")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    p.add_argument("--hidden-sizes", default=None, help="MLP hidden sizes, e.g. 256,64")
+    p.add_argument("--activation", default=None, help="MLP activation(s): relu or relu,tanh,…")
+    p.add_argument("--init", default=None, help="MLP init: he, xavier, lecun, small, zeros")
+    p.add_argument("--dropout-rate", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/latest", help="run directory (checkpoints, history, plots, metrics)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds checkpoints")
+    p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
+    p.add_argument("--min-delta", type=float, default=0.0)
+    p.add_argument("--monitor", default="val_accuracy", choices=("val_accuracy", "val_loss", "train_accuracy",
+                                                                 "train_loss"))
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=_train)
+
+
+def _model_options(args) -> dict:
+    opts = {}
+    if args.hidden_sizes:
+        opts["hidden_sizes"] = [int(s) for s in args.hidden_sizes.split(",")]
+    if args.activation:
+        acts = args.activation.split(",")
+        opts["activation"] = acts[0] if len(acts) == 1 else acts
+    if args.init:
+        opts["init"] = args.init
+    if args.dropout_rate is not None:
+        opts["dropout_rate"] = args.dropout_rate
+    return opts
+
+
+def _train(args) -> int:
+    from .train import NonFiniteLossError, OptimConfig, TrainConfig, fit
+
+    get_entry(args.model)
+    cfg = TrainConfig(
+        model=args.model, data=args.data, out=args.out, model_options=_model_options(args), size=args.size,
+        channels=args.channels, resize=args.resize, normalize=args.normalize, val_split=args.val_split,
+        test_split=args.test_split, labels=args.labels.split(",") if args.labels else None, data_dir=args.data_dir,
+        epochs=args.epochs, batch_size=args.batch_size,
+        optim=OptimConfig(optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, momentum=args.momentum,
+                          nesterov=args.nesterov, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
+                          warmup_epochs=args.warmup_epochs),
+        loss=args.loss, label_smoothing=args.label_smoothing, augment=args.augment, dtype=args.dtype,
+        seed=args.seed, resume=args.resume, overwrite=args.overwrite, patience=args.patience,
+        min_delta=args.min_delta, monitor=args.monitor, quiet=args.quiet,
+    )
+    try:
+        result = fit(cfg)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    test = result.metrics.get("test", {})
+    print(f"best epoch {result.best_epoch}; test accuracy {test.get('accuracy', float('nan')):.4f}; "
+          f"checkpoint {result.out / 'checkpoints'}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate the best checkpoint on labelled data",
+                       description="Evaluates on the test split of --data, or on all of it when --data is a plain "
+                                   "class folder (new photos). Classes are matched by name.")
+    p.add_argument("--checkpoint", required=True, help="run directory or its checkpoints/ folder")
+    p.add_argument("--data", required=True, help="same forms as for train")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory")
+    p.add_argument("--which", default="best", help="best, latest, or an epoch number")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
+    p.set_defaults(func=_evaluate)
+
+
+def _which(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate_checkpoint
+    from .predict import Predictor
+    from .train.metrics import format_report
+
+    test = evaluate_checkpoint(args.checkpoint, args.data, args.batch_size, _which(args.which), args.data_dir)
+    if args.json:
+        print(json.dumps(test))
+    else:
+        classes = Predictor.from_checkpoint(args.checkpoint, _which(args.which)).classes
+        print(format_report(test, classes))
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files with a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run directory or its checkpoints/ folder")
+    p.add_argument("--which", default="best", help="best, latest, or an epoch number")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="one JSON line per image")
+    p.add_argument("images", nargs="+", help="image files")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args) -> int:
+    from .data.preprocess import ImageError
+    from .predict import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, _which(args.which))
+    status = 0
+    width = max(len(p) for p in args.images)
+    for path in args.images:
+        try:
+            result = predictor.predict([path], top_k=args.top_k)[0]
+        except (ImageError, OSError) as e:
+            status = 1
+            print(json.dumps({"image": path, "error": str(e)}) if args.json else f"{path:<{width}}  error: {e}")
+            continue
+        if args.json:
+            print(json.dumps({"image": path, **result}))
+        else:
+            top = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top_k"])
+            print(f"{path:<{width}}  {result['label']:<10}  {top}")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's informational lines are not for users
+    parser = argparse.ArgumentParser(prog="jaxnets", description="Classic image classifiers in JAX/Flax.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    for extra in ("service_cli", "bench"):
+        try:
+            module = __import__(f"jaxnets.{extra}", fromlist=["add_parser"])
+        except ImportError:
+            continue
+        module.add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

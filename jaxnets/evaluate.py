@@ -1,0 +1,46 @@
+"""Evaluate a saved checkpoint on labelled data, matching classes by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .data.loader import Loader
+from .data.sources import Dataset, image_folder, load_dataset
+from .predict import Predictor
+from .train.loop import evaluate_loader
+from .train.metrics import per_class_report
+
+
+def _remap(ds: Dataset, classes: list[str]) -> Dataset:
+    """Relabel a dataset into the checkpoint's class order; a class the checkpoint doesn't know is an error."""
+    unknown = sorted(set(ds.classes) - set(classes))
+    if unknown:
+        raise ValueError(f"the data has class(es) {unknown} that the checkpoint does not know; it knows {classes}")
+    mapping = [classes.index(c) for c in ds.classes]
+    return Dataset(classes, ds.sources, [mapping[y] for y in ds.labels], ds.skipped, ds.name)
+
+
+def evaluation_set(data: str, classes: list[str], seed: int = 0, data_dir: str | None = None) -> Dataset:
+    """The test split of `data`, or all of it when it is a plain class folder (new photos, no splits)."""
+    root = Path(data)
+    if root.is_dir() and not any((root / s).is_dir() for s in ("train", "test", "val", "validation")) \
+            and not any(root.glob("*idx3-ubyte*")) and any(p.is_dir() for p in root.iterdir()):
+        return _remap(image_folder(root), classes)
+    return _remap(load_dataset(data, seed=seed, data_dir=data_dir).test, classes)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 64, which: str = "best",
+                        data_dir: str | None = None) -> dict[str, Any]:
+    """The `test` part of metrics.json for this checkpoint on this data."""
+    predictor = Predictor.from_checkpoint(checkpoint, which=which)
+    seed = int(predictor.card.get("train_config", {}).get("seed", 0))
+    ds = evaluation_set(data, predictor.classes, seed, data_dir)
+    loader = Loader(ds, predictor.spec, batch_size)
+    result = evaluate_loader(predictor.eval_step, predictor.state, loader)
+    return {
+        "accuracy": result["accuracy"], "loss": result["loss"],
+        "confusion_matrix": result["confusion"].astype(int).tolist(),
+        "per_class": per_class_report(result["confusion"], predictor.classes),
+        "images": len(loader), "skipped": [{"path": p, "reason": r} for p, r in ds.skipped],
+    }

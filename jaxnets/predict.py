@@ -1,0 +1,122 @@
+"""Predictor: a checkpoint directory in, probabilities out. Needs no training code path and no dataset.
+
+Images go through the checkpoint's PreprocessSpec (the one preprocessing path) and the same eval-mode
+`forward` as the eval step. Batches are padded to a few fixed bucket sizes so that any request size
+runs on an already-compiled function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .checkpoint import Checkpoints, find_checkpoint_dir, read_model_card
+from .data.preprocess import DEFAULT_MAX_PIXELS, ImageLike, PreprocessSpec, to_pixels
+from .models import create_model
+from .train.state import TrainState, init_variables
+from .train.steps import StepConfig, forward, make_eval_step, probabilities
+
+DEFAULT_BUCKETS = (1, 8, 32)
+
+
+class Predictor:
+    def __init__(self, model, variables: dict, card: dict[str, Any], buckets: Sequence[int] = DEFAULT_BUCKETS,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.model, self.variables, self.card = model, variables, card
+        self.classes: list[str] = list(card["classes"])
+        self.binary: bool = bool(card["binary"])
+        self.spec = PreprocessSpec.from_dict(card["preprocess"])
+        self.buckets = tuple(sorted(set(buckets)))
+        self.max_pixels = max_pixels
+        apply = forward(model, self.spec)
+        self._probabilities = jax.jit(lambda v, images: probabilities(apply(v, images), self.binary))
+        self.step = int(card.get("restored_step", 0))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, which: str | int = "best", **kwargs) -> Predictor:
+        """`path` is a run directory or its checkpoints/ folder; `which` is "best", "latest" or an epoch."""
+        directory = find_checkpoint_dir(path)
+        card = read_model_card(directory)
+        model = create_model(card["model"], int(card["num_outputs"]), **card["model_options"])
+        template = jax.eval_shape(lambda: init_variables(model, tuple(card["input_shape"]), 0))
+        template = {"params": template["params"], "batch_stats": template.get("batch_stats", {})}
+        checkpoints = Checkpoints(directory, card.get("monitor", "val_accuracy"),
+                                  "min" if card.get("monitor", "").endswith("loss") else "max", read_only=True)
+        try:
+            restored, step = checkpoints.restore_variables(which, template)
+        finally:
+            checkpoints.close()
+        variables = {"params": restored["params"]}
+        if restored.get("batch_stats"):
+            variables["batch_stats"] = restored["batch_stats"]
+        return cls(model, variables, {**card, "restored_step": step}, **kwargs)
+
+    # -------------------------------------------------------------------------------------------- pieces
+
+    @property
+    def state(self) -> TrainState:
+        """A TrainState view (no optimizer) so the training eval step can run on these weights."""
+        return TrainState(self.variables["params"], self.variables.get("batch_stats", {}), None,
+                          jnp.zeros((), jnp.int32), jax.random.PRNGKey(0))
+
+    @property
+    def eval_step(self):
+        return make_eval_step(self.model, StepConfig(self.spec, len(self.classes), self.binary))
+
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        """(start, bucket) pairs covering n rows with the compiled bucket sizes."""
+        out, start, largest = [], 0, self.buckets[-1]
+        while start < n:
+            remaining = n - start
+            bucket = largest if remaining >= largest else next(b for b in self.buckets if b >= remaining)
+            out.append((start, bucket))
+            start += min(bucket, remaining)
+        return out
+
+    def warmup(self) -> None:
+        """Compile every bucket now, so that no request pays for compilation."""
+        for bucket in self.buckets:
+            self._probabilities(self.variables, jnp.zeros((bucket, *self.spec.shape), jnp.uint8)).block_until_ready()
+
+    # -------------------------------------------------------------------------------------------- predicting
+
+    def pixels(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """Decode images through the checkpoint's PreprocessSpec. Raises ImageError for a bad one."""
+        return np.stack([to_pixels(img, self.spec, self.max_pixels) for img in images]) if len(images) else \
+            np.zeros((0, *self.spec.shape), np.uint8)
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N,H,W,C] → probabilities [N, classes], in fixed-size padded batches."""
+        n = len(pixels)
+        out = np.empty((n, len(self.classes)), np.float32)
+        for start, bucket in self._chunks(n):
+            chunk = pixels[start:start + bucket]
+            rows = len(chunk)
+            if rows < bucket:
+                chunk = np.concatenate([chunk, np.zeros((bucket - rows, *chunk.shape[1:]), np.uint8)])
+            out[start:start + rows] = np.asarray(self._probabilities(self.variables, chunk))[:rows]
+        return out
+
+    def describe(self, probs: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
+        """Probabilities → [{"label", "probabilities": {class: p}, "top_k": [{"label", "probability"}]}]."""
+        k = min(top_k, len(self.classes))
+        results = []
+        for row in probs:
+            order = np.argsort(-row, kind="stable")[:k]
+            results.append({
+                "label": self.classes[int(order[0])],
+                "probabilities": {c: float(p) for c, p in zip(self.classes, row, strict=True)},
+                "top_k": [{"label": self.classes[int(i)], "probability": float(row[i])} for i in order],
+            })
+        return results
+
+    def predict(self, images: Sequence[ImageLike] | ImageLike, top_k: int = 5) -> list[dict[str, Any]]:
+        """PIL images, paths, bytes or uint8 arrays → one result dict per image (see `describe`)."""
+        if isinstance(images, (str, Path, bytes, bytearray)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
+            images = [images]
+        return self.describe(self.predict_pixels(self.pixels(list(images))), top_k)

@@ -1,0 +1,84 @@
+"""Optimizers and learning-rate schedules by name, all from optax."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import optax
+from optax import contrib
+
+from ..models.layers import choose
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "plateau")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    schedule: str = "constant"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    clip_norm: float | None = None
+    warmup_epochs: float = 1.0
+    step_epochs: tuple[int, ...] = ()  # "step" schedule: epochs where lr is multiplied by step_factor
+    step_factor: float = 0.1
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+
+
+def make_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
+    total = max(1, steps_per_epoch * epochs)
+    choose({s: s for s in SCHEDULES}, cfg.schedule, "schedule")
+    if cfg.schedule in ("constant", "plateau"):
+        return optax.constant_schedule(cfg.lr)
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(cfg.lr, total)
+    if cfg.schedule == "warmup_cosine":
+        warmup = min(total - 1, max(1, int(cfg.warmup_epochs * steps_per_epoch)))
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total)
+    boundaries = cfg.step_epochs or tuple(sorted({max(1, epochs // 3), max(1, 2 * epochs // 3)}))
+    return optax.piecewise_constant_schedule(cfg.lr, {int(e) * steps_per_epoch: cfg.step_factor for e in boundaries})
+
+
+def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int
+                   ) -> tuple[optax.GradientTransformationExtraArgs, Callable[[int], float]]:
+    """(optimizer, schedule). With "plateau", the optimizer also scales updates by
+    optax.contrib.reduce_on_plateau, fed the training loss averaged over each epoch."""
+    choose({o: o for o in OPTIMIZERS}, cfg.optimizer, "optimizer")
+    schedule = make_schedule(cfg, steps_per_epoch, epochs)
+    if cfg.optimizer == "sgd":
+        base = optax.sgd(schedule)
+    elif cfg.optimizer == "momentum":
+        base = optax.sgd(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    elif cfg.optimizer == "adam":
+        base = optax.adam(schedule)
+    elif cfg.optimizer == "adamw":
+        base = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    else:
+        base = optax.rmsprop(schedule, momentum=cfg.momentum if cfg.nesterov else 0.0)
+    parts = []
+    if cfg.clip_norm:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.weight_decay and cfg.optimizer != "adamw":
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    parts.append(base)
+    if cfg.schedule == "plateau":
+        parts.append(contrib.reduce_on_plateau(
+            factor=cfg.plateau_factor, patience=cfg.plateau_patience, accumulation_size=steps_per_epoch
+        ))
+    return optax.chain(*parts), schedule
+
+
+def current_lr(schedule: Callable[[int], float], opt_state, step: int) -> float:
+    """The learning rate in force at `step`, including a reduce-on-plateau scale if there is one."""
+    lr = float(schedule(step))
+    is_plateau = lambda x: isinstance(x, contrib.ReduceLROnPlateauState)  # noqa: E731
+    for node in jax.tree.leaves(opt_state, is_leaf=is_plateau):
+        if is_plateau(node):
+            lr *= float(node.scale)  # found by type: BatchNorm params are called "scale" too
+    return lr

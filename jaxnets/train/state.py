@@ -1,0 +1,48 @@
+"""The whole training state as one pytree, so a step is a pure function of it and a checkpoint is it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..models import create_model
+from ..sharding import replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any
+    batch_stats: Any  # {} for models without BatchNorm
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array  # raw uint32 key data: saves and restores like any array
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+
+
+def init_variables(model, input_shape: tuple[int, ...], seed: int) -> dict:
+    """Initialise a model for inputs of `input_shape` (H, W, C) with a key made from `seed`."""
+    key = jax.random.PRNGKey(seed)
+    return model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+
+def create_state(model_name: str, num_classes: int, model_options: dict, input_shape: tuple[int, ...],
+                 tx: optax.GradientTransformation, seed: int, mesh=None) -> tuple[Any, TrainState]:
+    """(model, state) with the state replicated over the data mesh, as the jitted steps will return it."""
+    model = create_model(model_name, num_classes, **model_options)
+    variables = init_variables(model, input_shape, seed)
+    params = variables["params"]
+    state = TrainState(
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        step=jnp.zeros((), jnp.int32),
+        rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+    )
+    return model, jax.device_put(state, replicated(mesh))
