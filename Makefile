@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo bench clean
+.PHONY: help install test lint demo bench bento clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,6 +29,10 @@ demo: $(STAMP)  ## train LeNet-5 on the embedded digits, package it, serve it, q
 
 bench: $(STAMP)  ## run the standard benchmark set and rewrite BENCHMARKS.md
 	$(PY) -m jaxnets.bench_suite
+
+bento: $(STAMP)  ## build a Bento (service + jaxnets wheel + the packaged model) from service/
+	rm -rf service/wheels && $(PY) -m pip wheel -q --no-deps -w service/wheels .
+	cd service && ../$(VENV)/bin/bentoml build
 
 clean:  ## remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache runs build dist *.egg-info

@@ -24,6 +24,20 @@ from .train.steps import StepConfig, forward, make_eval_step, probabilities
 DEFAULT_BUCKETS = (1, 8, 32)
 
 
+def describe(probs: np.ndarray, classes: Sequence[str], top_k: int = 5) -> list[dict[str, Any]]:
+    """Probabilities → [{"label", "probabilities": {class: p}, "top_k": [{"label", "probability"}]}]."""
+    k = max(1, min(top_k, len(classes)))
+    results = []
+    for row in np.asarray(probs):
+        order = np.argsort(-row, kind="stable")[:k]
+        results.append({
+            "label": classes[int(order[0])],
+            "probabilities": {c: float(p) for c, p in zip(classes, row, strict=True)},
+            "top_k": [{"label": classes[int(i)], "probability": float(row[i])} for i in order],
+        })
+    return results
+
+
 class Predictor:
     def __init__(self, model, variables: dict, card: dict[str, Any], buckets: Sequence[int] = DEFAULT_BUCKETS,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -103,17 +117,7 @@ class Predictor:
         return out
 
     def describe(self, probs: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
-        """Probabilities → [{"label", "probabilities": {class: p}, "top_k": [{"label", "probability"}]}]."""
-        k = min(top_k, len(self.classes))
-        results = []
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
-            results.append({
-                "label": self.classes[int(order[0])],
-                "probabilities": {c: float(p) for c, p in zip(self.classes, row, strict=True)},
-                "top_k": [{"label": self.classes[int(i)], "probability": float(row[i])} for i in order],
-            })
-        return results
+        return describe(probs, self.classes, top_k)
 
     def predict(self, images: Sequence[ImageLike] | ImageLike, top_k: int = 5) -> list[dict[str, Any]]:
         """PIL images, paths, bytes or uint8 arrays → one result dict per image (see `describe`)."""

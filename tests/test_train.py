@@ -214,9 +214,12 @@ def test_two_devices_give_the_same_metrics_as_one(tmp_path):
                            text=True, env={**os.environ, **env})
         assert p.returncode == 0, p.stderr[-2000:]
         runs[n] = json.loads(p.stdout.strip().splitlines()[-1])
+    one_example = 1 / 179  # reduction order differs across devices: at most a borderline example may flip
     for one, two in zip(runs[1]["history"], runs[2]["history"], strict=True):
-        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-            assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-4), key
+        for key in ("train_loss", "val_loss"):
+            assert two[key] == pytest.approx(one[key], rel=1e-3), key
+        for key in ("train_accuracy", "val_accuracy"):
+            assert abs(two[key] - one[key]) <= one_example + 1e-9, key
     assert runs[2]["bn_losses"] == pytest.approx(runs[1]["bn_losses"], rel=1e-4)
 
 

@@ -1,0 +1,36 @@
+"""Put a checkpoint into the BentoML model store, and find it again."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..checkpoint import MODEL_CARD, Checkpoints, find_checkpoint_dir, read_model_card
+
+DEFAULT_NAME = "jaxnets-classifier"
+
+
+def package_checkpoint(checkpoint: str | Path, name: str = DEFAULT_NAME, which: str | int = "best") -> str:
+    """Store one checkpoint step (default: the best) with its model card; returns the model tag."""
+    import bentoml
+
+    directory = find_checkpoint_dir(checkpoint)
+    card = read_model_card(directory)
+    checkpoints = Checkpoints(directory, card.get("monitor", "val_accuracy"),
+                              "min" if card.get("monitor", "").endswith("loss") else "max", read_only=True)
+    try:
+        step = checkpoints.resolve(which)
+    finally:
+        checkpoints.close()
+    metrics = {k: v for k, v in (card.get("test") or {}).items() if isinstance(v, (int, float))}
+    with bentoml.models.create(
+        name,
+        labels={"framework": "jax", "model": card["model"]},
+        metadata={"model": card["model"], "classes": card["classes"], "step": step, "monitor": card.get("monitor"),
+                  "best": json.dumps(card.get("best")), **{f"test_{k}": v for k, v in metrics.items()}},
+    ) as model:
+        target = Path(model.path)
+        shutil.copytree(directory / str(step), target / str(step))
+        (target / MODEL_CARD).write_text(json.dumps({**card, "packaged_step": step}, indent=2))
+    return str(model.tag)

@@ -1,0 +1,200 @@
+"""The real service: `bentoml serve` in a subprocess, real HTTP, real image files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from imagefiles import bomb_png, truncated_jpeg
+from PIL import Image
+from serving import running_server
+
+from jaxnets.data import Loader, load_dataset
+from jaxnets.predict import Predictor
+from jaxnets.train import OptimConfig, TrainConfig, fit, probabilities
+from jaxnets.train.steps import forward
+
+pytestmark = pytest.mark.slow
+MAX_REQUEST = 2_000_000
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service")
+    result = fit(TrainConfig(model="lenet5", data="digits", epochs=12, batch_size=32, augment="light",
+                             optim=OptimConfig(lr=2e-3, schedule="cosine"), out=str(root / "run"), quiet=True))
+    home = root / "bentoml"
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    pkg = subprocess.run([sys.executable, "-m", "jaxnets", "package", "--checkpoint", str(result.out)],
+                         capture_output=True, text=True, env=env)
+    assert pkg.returncode == 0, pkg.stderr
+    tag = pkg.stdout.strip().splitlines()[-1]
+    assert tag.startswith("jaxnets-classifier:")
+    test = load_dataset("digits").test
+    images = root / "digits"
+    images.mkdir()
+    paths = []
+    for i in range(len(test)):
+        paths.append(images / f"{i}_label{test.labels[i]}.png")
+        Image.fromarray(test.sources[i]).save(paths[-1])
+    return {"root": root, "home": home, "run": result.out, "tag": tag, "paths": paths, "labels": test.labels,
+            "test": test}
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    with running_server(trained["home"], trained["root"] / "server.log",
+                        JAXNETS_MAX_REQUEST_BYTES=str(MAX_REQUEST)) as url:
+        yield url
+
+
+def _post(url, route, files, **kwargs):
+    return requests.post(f"{url}{route}", files=files, timeout=60, **kwargs)
+
+
+def _one(url, data: bytes, name="image.png", field="image"):
+    return _post(url, "/predict", {field: (name, data)})
+
+
+def test_predicts_real_digits_correctly(server, trained):
+    answers = [_one(server, p.read_bytes()).json() for p in trained["paths"][:40]]
+    correct = sum(a["label"] == str(y) for a, y in zip(answers, trained["labels"][:40], strict=True))
+    assert correct >= 37
+    assert set(answers[0]) == {"label", "probabilities", "top_k"}
+    assert len(answers[0]["probabilities"]) == 10 and answers[0]["top_k"][0]["label"] == answers[0]["label"]
+
+
+def test_batch_endpoint_answers_each_image_in_order(server, trained):
+    paths = trained["paths"][:12]
+    r = _post(server, "/predict_batch", [("images", (p.name, p.read_bytes())) for p in paths])
+    assert r.status_code == 200, r.text
+    singles = [_one(server, p.read_bytes()).json()["label"] for p in paths]
+    assert [a["label"] for a in r.json()] == singles
+
+
+def test_service_equals_predictor_equals_the_eval_forward(server, trained):
+    predictor = Predictor.from_checkpoint(trained["run"])
+    test = trained["test"]
+    batch = next(Loader(test, predictor.spec, 32).epoch(0))
+    eval_probs = np.asarray(probabilities(forward(predictor.model, predictor.spec)(predictor.variables,
+                                                                                   batch["image"]), False))
+    pred_probs = predictor.predict_pixels(np.asarray(batch["image"]))
+    np.testing.assert_allclose(pred_probs, eval_probs, atol=1e-5)
+    from_files = np.asarray([[r["probabilities"][c] for c in predictor.classes]
+                             for r in predictor.predict([str(p) for p in trained["paths"][:32]])])
+    np.testing.assert_allclose(from_files, eval_probs, atol=1e-5)
+    r = _post(server, "/predict_batch", [("images", (p.name, p.read_bytes())) for p in trained["paths"][:32]])
+    served = np.asarray([[a["probabilities"][c] for c in predictor.classes] for a in r.json()])
+    np.testing.assert_allclose(served, eval_probs, atol=1e-5)
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple]:
+    truncated = truncated_jpeg(tmp / "cut.jpg").read_bytes()
+    bomb = bomb_png(tmp / "bomb.png").read_bytes()
+    return {
+        "non-image bytes": ("/predict", {"image": ("x.bin", os.urandom(2000))}),
+        "text named .jpg": ("/predict", {"image": ("notes.jpg", b"this is not a picture")}),
+        "empty upload": ("/predict", {"image": ("empty.png", b"")}),
+        "truncated jpeg": ("/predict", {"image": ("cut.jpg", truncated)}),
+        "decompression bomb": ("/predict", {"image": ("bomb.png", bomb)}),
+        "request too large": ("/predict", {"image": ("big.png", b"\0" * (MAX_REQUEST + 1000))}),
+        "wrong field name": ("/predict", {"picture": ("d.png", b"\x89PNG\r\n\x1a\n" + os.urandom(100))}),
+        "batch with one bad file": ("/predict_batch", [("images", ("a.png", b"junk")), ("images", ("b.png", b""))]),
+        "batch wrong field": ("/predict_batch", {"image": ("d.png", b"\x89PNG")}),
+    }
+
+
+def test_bad_input_gets_4xx_with_a_message_and_the_server_keeps_serving(server, trained, tmp_path):
+    good = trained["paths"][0].read_bytes()
+    for what, (route, files) in _bad_inputs(tmp_path).items():
+        r = _post(server, route, files)
+        assert r.status_code in (400, 413), (what, r.status_code, r.text)
+        body = r.json()
+        message = body[0]["error"] if isinstance(body, list) else body["error"]
+        assert isinstance(message, str) and message, what
+        after = _one(server, good)
+        assert after.status_code == 200, (what, after.text)
+    assert "pixels" in _post(server, "/predict", _bad_inputs(tmp_path)["decompression bomb"][1]).text
+
+
+def test_unusual_image_modes_are_converted_not_refused(server):
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    rgb[5:15, 8:12] = 255
+    cases = {}
+    for mode, img in {
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "grey16.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+        "palette_alpha.png": Image.fromarray(np.dstack([rgb, np.full((20, 20), 128, np.uint8)]), "RGBA").convert("PA")
+        if hasattr(Image, "PA") else Image.fromarray(rgb).convert("P"),
+        "grey.png": Image.fromarray(rgb[..., 0]),
+        "rgba.png": Image.fromarray(np.dstack([rgb, np.full((20, 20), 200, np.uint8)]), "RGBA"),
+    }.items():
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG" if mode.endswith(".jpg") else "PNG")
+        cases[mode] = buf.getvalue()
+    for name, data in cases.items():
+        r = _one(server, data, name=name)
+        assert r.status_code == 200, (name, r.text)
+
+
+def test_health_and_metrics_endpoints(server):
+    assert requests.get(f"{server}/livez", timeout=10).status_code == 200
+    assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
+    metrics = requests.get(f"{server}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "request" in metrics.text
+
+
+def test_200_concurrent_requests_from_16_clients(server, trained):
+    predictor = Predictor.from_checkpoint(trained["run"])
+    paths = trained["paths"][:50]
+    expected = {p: r["label"] for p, r in zip(paths, predictor.predict([str(p) for p in paths]), strict=True)}
+
+    def call(i):
+        if i % 2:
+            p = paths[i % len(paths)]
+            r = _one(server, p.read_bytes())
+            return r.status_code == 200 and r.json()["label"] == expected[p]
+        chosen = [paths[(i + k) % len(paths)] for k in range(4)]
+        r = _post(server, "/predict_batch", [("images", (p.name, p.read_bytes())) for p in chosen])
+        return r.status_code == 200 and [a["label"] for a in r.json()] == [expected[p] for p in chosen]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, range(200)))
+    assert all(results), f"{results.count(False)} of 200 failed"
+
+
+def test_missing_model_stops_start_up_with_a_clear_log_line(tmp_path):
+    with pytest.raises(RuntimeError, match=r"cannot load model 'no-such-model:latest'.*jaxnets package"), \
+            running_server(tmp_path / "empty_home", tmp_path / "log.txt", timeout=120,
+                           JAXNETS_MODEL_TAG="no-such-model:latest"):
+        pass
+
+
+def test_bentoml_build_from_service_folder_includes_the_model(trained):
+    env = {**os.environ, "BENTOML_HOME": str(trained["home"]), "BENTOML_DO_NOT_TRACK": "True"}
+    repo = Path(__file__).resolve().parent.parent
+    service_dir = repo / "service"
+    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(service_dir / "wheels"),
+                            str(repo)], capture_output=True, text=True)
+    assert wheel.returncode == 0, wheel.stderr[-2000:]
+    built = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=service_dir,
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    listed = subprocess.run([sys.executable, "-m", "bentoml", "list", "-o", "json"], capture_output=True, text=True,
+                            env=env)
+    bentos = json.loads(listed.stdout)
+    assert bentos and bentos[0]["tag"].startswith("jaxnets_classifier:")
+    info = subprocess.run([sys.executable, "-m", "bentoml", "get", bentos[0]["tag"], "-o", "json"],
+                          capture_output=True, text=True, env=env)
+    assert trained["tag"] in info.stdout
+    bento_dir = trained["home"] / "bentos" / "jaxnets_classifier" / bentos[0]["tag"].split(":")[1]
+    assert (bento_dir / "src" / "service.py").is_file()
+    assert list((bento_dir / "env" / "python" / "wheels").glob("jaxnets-*.whl"))
