@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
-    for extra in ("service_cli", "bench"):
+    for extra in ("service_cli", "bench"):  # optional groups of subcommands
         try:
             module = __import__(f"jaxnets.{extra}", fromlist=["add_parser"])
         except ImportError:

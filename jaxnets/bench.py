@@ -1,0 +1,249 @@
+"""`jaxnets bench`: throughput of the train/predict steps, the data pipeline, whole epochs and the service.
+
+Synthetic step timings use one batch already on the device and block on the result, like the PyTorch peer
+(`../shared/bench/torch_peer.py`), so the two are comparable line by line. One JSON line per run with --json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache, so a second run of the same model starts without recompiling."""
+    cache = os.environ.get("JAXNETS_COMPILATION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "jaxnets", "xla")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '')}".rstrip(":") + f" x{jax.device_count()}"
+
+
+def forward_flops_per_image(model, variables, shape) -> float | None:
+    """Forward FLOPs of one image from XLA's own cost analysis of the compiled eval forward."""
+    try:
+        compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+            variables, jnp.zeros((1, *shape), jnp.float32)).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", 0.0)) or None
+    except Exception:  # cost analysis is best effort and backend-dependent
+        return None
+
+
+def bench_step(mode: str, model_name: str, batch: int, size: int, channels: int | None = None,
+               dtype: str = "float32", steps: int = 20, warmup: int = 3, num_classes: int | None = None,
+               lr: float | None = None, options: dict | None = None) -> dict[str, Any]:
+    """Time `steps` train or predict steps on one synthetic batch already on the device."""
+    from .data.preprocess import PreprocessSpec
+    from .models import get_entry
+    from .train import OptimConfig, StepConfig, create_state, make_optimizer, make_train_step, probabilities
+    from .train.steps import forward
+
+    entry = get_entry(model_name)
+    channels = channels or entry.channels
+    num_classes = num_classes or (10 if model_name == "lenet5" else 2)
+    binary = num_classes == 2
+    spec = PreprocessSpec(size, size, channels, normalize=entry.normalize)
+    tx, _ = make_optimizer(OptimConfig(lr=lr or (1e-3 if model_name == "lenet5" else 1e-4)), 100, 1)
+    model, state = create_state(model_name, 1 if binary else num_classes, {**(options or {}), "dtype": dtype},
+                                spec.shape, tx, 0)
+    rng = np.random.default_rng(0)
+    data = jax.device_put({"image": rng.integers(0, 256, (batch, *spec.shape), dtype=np.uint8),
+                           "label": rng.integers(0, num_classes, batch).astype(np.int32),
+                           "mask": np.ones(batch, bool)})
+    if mode == "train":
+        step = make_train_step(model, tx, StepConfig(spec, num_classes, binary))
+
+        def run(s):
+            s, metrics = step(s, data)
+            return s, metrics["loss_sum"]
+    else:
+        apply = jax.jit(lambda v, x: probabilities(forward(model, spec)(v, x), binary))
+
+        def run(s):
+            return s, apply(s.variables, data["image"])
+
+    t0 = time.perf_counter()
+    state, out = run(state)
+    jax.block_until_ready(out)
+    compile_s = time.perf_counter() - t0
+    for _ in range(max(0, warmup - 1)):
+        state, out = run(state)
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, out = run(state)
+    jax.block_until_ready(out)
+    elapsed = time.perf_counter() - t0
+    flops = forward_flops_per_image(model, state.variables, spec.shape)
+    images_per_s = batch * steps / elapsed
+    work = flops * (3 if mode == "train" else 1) if flops else None  # fwd + bwd ≈ 3× fwd
+    return {
+        "model": model_name, "mode": mode, "batch": batch, "size": size, "dtype": dtype, "device": device_name(),
+        "images_per_s": round(images_per_s, 2), "ms_per_step": round(elapsed / steps * 1e3, 3),
+        "compile_s": round(compile_s, 2),
+        "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+        "forward_flops_per_image": flops,
+        "achieved_gflops": round(work * images_per_s / 1e9, 1) if work else None,
+    }
+
+
+def bench_data(data: str, size: int, batch: int, channels: int = 3, epochs: int = 3) -> dict[str, Any]:
+    """First epoch (decode + resize + to device) and cached epochs (batches ready on the device)."""
+    from .data import Loader, PreprocessSpec, load_dataset
+
+    splits = load_dataset(data, val_split=0.0, test_split=0.0)
+    spec = PreprocessSpec(size, size, channels)
+    t0 = time.perf_counter()
+    loader = Loader(splits.train, spec, batch, shuffle=True)
+    jax.block_until_ready(deque(loader.epoch(0), maxlen=1)[0])
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for e in range(1, epochs + 1):
+        jax.block_until_ready(deque(loader.epoch(e), maxlen=1)[0])
+    cached = (time.perf_counter() - t0) / epochs
+    return {"data": data, "size": size, "batch": batch, "images": len(loader), "skipped": len(splits.skipped),
+            "first_epoch_images_per_s": round(len(loader) / first, 1),
+            "cached_images_per_s": round(len(loader) / cached, 1), "device": device_name()}
+
+
+def bench_epoch(model: str, data: str, size: int | None, batch: int, epochs: int, resize: str = "stretch",
+                channels: int | None = None, lr: float = 1e-3, out: str | None = None) -> dict[str, Any]:
+    """Whole training epochs on real data, input pipeline included (decode once, then cached)."""
+    import tempfile
+
+    from .train import OptimConfig, TrainConfig, fit
+
+    out = out or tempfile.mkdtemp(prefix="jaxnets-bench-")
+    t0 = time.perf_counter()
+    result = fit(TrainConfig(model=model, data=data, size=size, channels=channels, resize=resize, epochs=epochs,
+                             batch_size=batch, optim=OptimConfig(lr=lr), val_split=0.0, test_split=0.0,
+                             monitor="train_accuracy", out=out, overwrite=True, quiet=True))
+    total = time.perf_counter() - t0
+    seconds = [h["seconds"] for h in result.history]
+    return {"model": model, "data": data, "size": size, "batch": batch, "epochs": epochs,
+            "seconds_per_epoch": round(statistics.median(seconds), 3),
+            "first_epoch_s": round(seconds[0], 3),
+            "images_per_s": round(statistics.median(h["images_per_s"] for h in result.history), 1),
+            "wall_s_including_decode_and_compile": round(total, 1),
+            "train_accuracy": round(result.history[-1]["train_accuracy"], 4), "device": device_name()}
+
+
+def bench_serve(url: str, concurrency: int, requests_n: int, image: str, batch: int = 0) -> dict[str, Any]:
+    """Requests/s and latency percentiles against a running service (single-image requests, or batches)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    with open(image, "rb") as f:
+        payload = f.read()
+    route = "/predict_batch" if batch else "/predict"
+
+    def call(_):
+        files = [("images", ("i.png", payload))] * batch if batch else {"image": ("i.png", payload)}
+        t0 = time.perf_counter()
+        try:
+            ok = requests.post(f"{url}{route}", files=files, timeout=60).status_code == 200
+        except requests.RequestException:
+            ok = False
+        return time.perf_counter() - t0, ok
+
+    call(0)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(call, range(requests_n)))
+    wall = time.perf_counter() - t0
+    latencies = sorted(r[0] for r in results)
+    return {"route": route, "concurrency": concurrency, "requests": requests_n, "batch": batch,
+            "requests_per_s": round(requests_n / wall, 1),
+            "images_per_s": round(requests_n * max(batch, 1) / wall, 1),
+            "p50_ms": round(1e3 * latencies[len(latencies) // 2], 1),
+            "p99_ms": round(1e3 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
+            "errors": sum(not r[1] for r in results)}
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure train/predict steps, data, epochs, or the service")
+    modes = p.add_subparsers(dest="bench_mode", required=True)
+    for mode in ("train", "predict"):
+        m = modes.add_parser(mode, help=f"{mode} steps on one synthetic batch already on the device")
+        m.add_argument("--model", required=True)
+        m.add_argument("--batch", type=int, default=32)
+        m.add_argument("--size", type=int, default=None)
+        m.add_argument("--channels", type=int, default=None)
+        m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+        m.add_argument("--steps", type=int, default=20)
+        m.add_argument("--warmup", type=int, default=3)
+        m.add_argument("--hidden-sizes", default=None, help="for mlp, e.g. 256,64")
+        m.add_argument("--json", action="store_true")
+        m.set_defaults(func=_cli_step, mode=mode)
+    d = modes.add_parser("data", help="first-epoch decode and cached-epoch throughput of a dataset")
+    d.add_argument("--data", required=True)
+    d.add_argument("--size", type=int, default=128)
+    d.add_argument("--channels", type=int, default=3)
+    d.add_argument("--batch", type=int, default=64)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=lambda a: _emit(bench_data(a.data, a.size, a.batch, a.channels), a.json))
+    e = modes.add_parser("epoch", help="whole training epochs on real data, input pipeline included")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--size", type=int, default=None)
+    e.add_argument("--channels", type=int, default=None)
+    e.add_argument("--resize", default="stretch")
+    e.add_argument("--batch", type=int, default=64)
+    e.add_argument("--epochs", type=int, default=2)
+    e.add_argument("--lr", type=float, default=1e-3)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=lambda a: _emit(bench_epoch(a.model, a.data, a.size, a.batch, a.epochs, a.resize,
+                                                    a.channels, a.lr), a.json))
+    s = modes.add_parser("serve", help="requests/s and latency against a running service")
+    s.add_argument("--url", default="http://127.0.0.1:3000")
+    s.add_argument("--concurrency", type=int, default=16)
+    s.add_argument("--requests", type=int, default=200)
+    s.add_argument("--batch", type=int, default=0, help="images per request on /predict_batch (0: /predict)")
+    s.add_argument("--image", required=True)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=lambda a: _emit(bench_serve(a.url, a.concurrency, a.requests, a.image, a.batch), a.json))
+
+
+def _cli_step(args) -> int:
+    from .models import get_entry
+
+    enable_compilation_cache()
+    options = {"hidden_sizes": [int(x) for x in args.hidden_sizes.split(",")]} if args.hidden_sizes else None
+    size = args.size or get_entry(args.model).size
+    _emit(bench_step(args.mode, args.model, args.batch, size, args.channels, args.dtype, args.steps, args.warmup,
+                     options=options), args.json)
+    return 0
+
+
+def _emit(result: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        width = max(len(k) for k in result)
+        for k, v in result.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, " \
+           f"jax {jax.__version__}"
