@@ -1,0 +1,170 @@
+"""Batches with a fixed shape, fed from images decoded once.
+
+Every batch is `{"image": uint8[B,H,W,C], "label": int32[B], "mask": bool[B]}` with the same B, so the
+jitted steps compile once; the last partial batch is padded and its padding rows carry mask=False.
+
+Small datasets (MNIST, digits, a few thousand photos) are decoded once into a uint8 array that lives on
+the device(s); an epoch is then one permutation and a gather per batch, no host work. Datasets bigger than
+`memory_budget` bytes stream instead: decoded per batch by a thread pool, a bounded queue ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..sharding import batch_sharding, data_mesh, replicated
+from .preprocess import ImageError, PreprocessSpec
+from .sources import Dataset
+
+log = logging.getLogger("jaxnets.data")
+
+Batch = dict[str, jax.Array]
+DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of decoded uint8 pixels kept in memory before streaming instead
+
+
+def _workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def decode_all(dataset: Dataset, spec: PreprocessSpec, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and resize every example once (thread pool; PIL releases the GIL while decoding).
+
+    Unreadable files are dropped, reported with one warning each and recorded in `dataset.skipped`."""
+    n = len(dataset)
+    out = np.empty((n, *spec.shape), np.uint8)
+    ok = np.ones(n, bool)
+
+    def work(i: int) -> None:
+        try:
+            out[i] = dataset.pixels(i, spec)
+        except ImageError as e:
+            ok[i] = False
+            dataset.skip(dataset.sources[i], str(e))
+
+    if isinstance(dataset.sources, np.ndarray) or n < 64:
+        for i in range(n):
+            work(i)
+    else:
+        with ThreadPoolExecutor(_workers()) as pool, tqdm(
+            total=n, desc=f"decoding {dataset.name or 'images'}", unit="img", disable=not progress, leave=False
+        ) as bar:
+            for _ in pool.map(work, range(n), chunksize=16):
+                bar.update()
+    if not ok.all():
+        return out[ok], dataset.labels[ok]
+    return out, dataset.labels
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(index[steps, B], mask[steps, B]) for one epoch: a permutation from (seed, epoch), padded to full batches."""
+    order = np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n) if shuffle else np.arange(n)
+    steps = max(1, -(-n // batch_size))
+    pad = steps * batch_size - n
+    # padding rows repeat the epoch's own order (masked out of loss and metrics): BatchNorm's batch statistics
+    # then see a fair sample instead of one example copied many times
+    index = np.resize(order, steps * batch_size).reshape(steps, batch_size)
+    mask = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]).reshape(steps, batch_size)
+    return index.astype(np.int32), mask
+
+
+@dataclass
+class Loader:
+    """Iterates fixed-shape batches of one split. `epoch(e)` gives that epoch's batches."""
+
+    dataset: Dataset
+    spec: PreprocessSpec
+    batch_size: int
+    shuffle: bool = False
+    seed: int = 0
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    progress: bool = False
+    prefetch: int = 2
+
+    def __post_init__(self):
+        self.mesh = data_mesh()
+        n_dev = self.mesh.size
+        if self.batch_size % n_dev:
+            raise ValueError(f"batch size {self.batch_size} must be a multiple of the {n_dev} devices")
+        self.sharding = batch_sharding(self.mesh)
+        self.streaming = len(self.dataset) * int(np.prod(self.spec.shape)) > self.memory_budget
+        if not self.streaming:
+            images, labels = decode_all(self.dataset, self.spec, self.progress)
+            if len(labels) == 0:
+                raise ValueError(f"no readable image in {self.dataset.name or 'the dataset'}")
+            self._images = jax.device_put(images, replicated(self.mesh))
+            self._labels = jax.device_put(labels, replicated(self.mesh))
+            self._n = len(labels)
+            self._gather = jax.jit(_gather, out_shardings=self.sharding)
+        else:
+            self._n = len(self.dataset)
+
+    def __len__(self) -> int:
+        """Real examples per epoch (after dropping unreadable files, when cached)."""
+        return self._n
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, -(-self._n // self.batch_size))
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        index, mask = epoch_order(self._n, self.batch_size, self.seed, epoch, self.shuffle)
+        if not self.streaming:
+            for idx, m in zip(index, mask, strict=True):
+                yield self._gather(self._images, self._labels, idx, m)
+            return
+        yield from _prefetched(self._stream(index, mask), self.prefetch)
+
+    def _stream(self, index: np.ndarray, mask: np.ndarray) -> Iterator[Batch]:
+        def decode(i: int, m: bool) -> tuple[np.ndarray, bool]:
+            if not m:
+                return np.zeros(self.spec.shape, np.uint8), False
+            try:
+                return self.dataset.pixels(i, self.spec), True
+            except ImageError as e:  # a file that broke since the scan: masked out, reported, epoch goes on
+                self.dataset.skip(self.dataset.sources[i], str(e))
+                return np.zeros(self.spec.shape, np.uint8), False
+
+        with ThreadPoolExecutor(_workers()) as pool:
+            for idx, m in zip(index, mask, strict=True):
+                rows = list(pool.map(decode, idx, m))
+                batch = {
+                    "image": np.stack([r[0] for r in rows]),
+                    "label": self.dataset.labels[idx],
+                    "mask": np.asarray([r[1] for r in rows]),
+                }
+                yield jax.device_put(batch, self.sharding)
+
+
+def _gather(images, labels, idx, mask) -> Batch:
+    return {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0), "mask": jnp.asarray(mask)}
+
+
+def _prefetched(it: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Run an iterator in a background thread, `depth` items ahead."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+
+    def run():
+        try:
+            for item in it:
+                q.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+        q.put(done)
+
+    threading.Thread(target=run, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
