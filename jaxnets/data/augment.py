@@ -70,7 +70,8 @@ def _geometry(img, key, spec: AugmentSpec):
     h, w, _ = img.shape
     k_area, k_ratio, k_y, k_x, k_flip, k_rot = jax.random.split(key, 6)
     area = jax.random.uniform(k_area, (), minval=spec.crop_scale[0], maxval=spec.crop_scale[1])
-    log_ratio = jax.random.uniform(k_ratio, (), minval=math.log(spec.crop_ratio[0]), maxval=math.log(spec.crop_ratio[1]))
+    low, high = math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1])
+    log_ratio = jax.random.uniform(k_ratio, (), minval=low, maxval=high)
     ratio = jnp.exp(log_ratio)
     ch = jnp.clip(jnp.sqrt(area / ratio), 0.0, 1.0) * h  # crop height and width in pixels
     cw = jnp.clip(jnp.sqrt(area * ratio), 0.0, 1.0) * w

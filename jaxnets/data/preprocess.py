@@ -14,13 +14,13 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "none": ((0.0,), (1.0,)),
@@ -113,7 +113,7 @@ def _array_to_image(a: np.ndarray) -> Image.Image:
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
         raise ImageError(f"an image array must be HW, HW1, HW3 or HW4, got shape {a.shape}")
     if a.dtype != np.uint8:
-        if np.issubdtype(a.dtype, np.floating) and a.size and 0.0 <= a.min() and a.max() <= 1.0:
+        if np.issubdtype(a.dtype, np.floating) and a.size and a.min() >= 0.0 and a.max() <= 1.0:
             a = a * 255.0
         a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
     return Image.fromarray(a)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocess import ImageError, ImageLike, PreprocessSpec, to_pixels
+from .preprocess import ImageLike, PreprocessSpec, to_pixels
 
 log = logging.getLogger("jaxnets.data")
 
@@ -93,7 +93,7 @@ def stratified_split(
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         start = 0
-        counts = [int(round(len(idx) * f)) for f in fractions]
+        counts = [round(len(idx) * f) for f in fractions]
         for k, n in enumerate(counts, start=1):
             parts[k].extend(idx[start:start + n])
             start += n
@@ -217,7 +217,8 @@ def idx_folder(root: str | Path, classes: Sequence[str] | None = None) -> tuple[
     root = Path(root)
     out = []
     for prefix in ("train", "t10k"):
-        img_path, lab_path = _find_idx(root, f"{prefix}-images-idx3-ubyte"), _find_idx(root, f"{prefix}-labels-idx1-ubyte")
+        img_path = _find_idx(root, f"{prefix}-images-idx3-ubyte")
+        lab_path = _find_idx(root, f"{prefix}-labels-idx1-ubyte")
         if img_path is None or lab_path is None:
             out.append(None)
             continue
