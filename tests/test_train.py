@@ -266,3 +266,15 @@ def test_default_train_command_just_works(tmp_path):
     out = _cli("train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "d"))
     assert out.returncode == 0, out.stderr
     assert "test accuracy" in out.stdout and Path(tmp_path / "d" / "checkpoints" / "model_card.json").is_file()
+
+
+def test_a_second_run_into_the_same_out_is_refused_and_leaves_it_untouched(tmp_path):
+    cfg = dict(model="logistic_regression", data="digits", size=8, channels=1, batch_size=64, out=str(tmp_path),
+               quiet=True)
+    fit(TrainConfig(epochs=1, **cfg))
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(FileExistsError, match="resume"):
+        fit(TrainConfig(epochs=3, **cfg))
+    assert (tmp_path / "config.json").read_text() == before
+    again = fit(TrainConfig(epochs=2, overwrite=True, **cfg))
+    assert len(again.history) == 2

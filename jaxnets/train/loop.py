@@ -148,15 +148,34 @@ def _plot(path: Path, history: list[dict[str, float]]) -> None:
     plt.close(fig)
 
 
-def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    if best is None:
-        return True
-    return value > best + min_delta if mode == "max" else value < best - min_delta
+@dataclass
+class _Best:
+    """The best monitored value so far, its epoch, and the epochs since it (for early stopping)."""
+
+    mode: str
+    min_delta: float
+    value: float | None = None
+    epoch: int = 0
+    waited: int = 0
+
+    def update(self, value: float, epoch: int) -> None:
+        better = self.value is None or (value > self.value + self.min_delta if self.mode == "max"
+                                        else value < self.value - self.min_delta)
+        if better:
+            self.value, self.epoch, self.waited = value, epoch, 0
+        else:
+            self.waited += 1
 
 
 def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
     """Train `cfg.model` on `cfg.data` (or the given splits); see the module docstring for what is written."""
     out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    if ckpt_dir.exists() and not cfg.resume:  # refuse before writing anything into someone else's run
+        if not cfg.overwrite and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+            raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass resume to continue that run, "
+                                  "overwrite to start it again, or choose another output directory")
+        shutil.rmtree(ckpt_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
     quiet = cfg.quiet or not sys.stderr.isatty()
@@ -182,12 +201,6 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
     step_cfg = StepConfig(spec, len(classes), binary, cfg.label_smoothing, get_augment(cfg.augment))
     train_step, eval_step = make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg)
 
-    ckpt_dir = out / "checkpoints"
-    if ckpt_dir.exists() and not cfg.resume:
-        if not cfg.overwrite and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-            raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass resume to continue that run, "
-                                  "overwrite to start it again, or choose another output directory")
-        shutil.rmtree(ckpt_dir)
     checkpoints = Checkpoints(ckpt_dir, cfg.monitor, mode)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -201,16 +214,13 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
         "classes": classes, "preprocess": spec.to_dict(), "input_shape": list(spec.shape),
         "monitor": cfg.monitor, "train_config": cfg.to_dict(),
     }
-    best_value, best_epoch, waited = None, 0, 0
-    for h in history:
-        if _improved(h[cfg.monitor], best_value, mode, cfg.min_delta):
-            best_value, best_epoch, waited = h[cfg.monitor], h["epoch"], 0
-        else:
-            waited += 1
-    write_model_card(ckpt_dir, {**card, "best": {"epoch": best_epoch, "metric": cfg.monitor, "value": best_value}})
+    best = _Best(mode, cfg.min_delta)
+    for h in history:  # a resumed run replays its history: same best, same patience count
+        best.update(h[cfg.monitor], h["epoch"])
+    write_model_card(ckpt_dir, {**card, "best": {"epoch": best.epoch, "metric": cfg.monitor, "value": best.value}})
 
     for epoch in range(start_epoch, cfg.epochs):
-        if cfg.patience is not None and waited >= cfg.patience:
+        if cfg.patience is not None and best.waited >= cfg.patience:
             break
         t0 = time.perf_counter()
         total, losses = None, []
@@ -238,12 +248,9 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
             "images_per_s": len(train_loader) / seconds, "seconds": seconds,
         }
         history.append(row)
-        if _improved(row[cfg.monitor], best_value, mode, cfg.min_delta):
-            best_value, best_epoch, waited = row[cfg.monitor], epoch + 1, 0
-        else:
-            waited += 1
+        best.update(row[cfg.monitor], epoch + 1)
         checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history}, {cfg.monitor: row[cfg.monitor]})
-        write_model_card(ckpt_dir, {**card, "best": {"epoch": best_epoch, "metric": cfg.monitor, "value": best_value}})
+        write_model_card(ckpt_dir, {**card, "best": {"epoch": best.epoch, "metric": cfg.monitor, "value": best.value}})
         _write_history(out, history)
         if not cfg.quiet:
             val_txt = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if val_loader else ""
@@ -254,7 +261,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
     # the final report comes from the best checkpoint, restored, exactly as a user would load it
     best_step = checkpoints.best_step()
     best_state, _ = checkpoints.restore_state(best_step, state)
-    metrics: dict[str, Any] = {"best": {"epoch": best_step, "metric": cfg.monitor, "value": best_value},
+    metrics: dict[str, Any] = {"best": {"epoch": best_step, "metric": cfg.monitor, "value": best.value},
                                "classes": classes}
     if test_loader is not None:
         test = evaluate_loader(eval_step, best_state, test_loader)
