@@ -75,9 +75,11 @@ def _model_options(args) -> dict:
 
 
 def _train(args) -> int:
+    from .sharding import maybe_initialize_distributed
     from .train import NonFiniteLossError, OptimConfig, TrainConfig, fit
 
     get_entry(args.model)
+    maybe_initialize_distributed()  # multi-host only when JAX_COORDINATOR_ADDRESS / JAXNETS_DISTRIBUTED=1 is set
     cfg = TrainConfig(
         model=args.model, data=args.data, out=args.out, model_options=_model_options(args), size=args.size,
         channels=args.channels, resize=args.resize, normalize=args.normalize, val_split=args.val_split,

@@ -278,3 +278,22 @@ def test_a_second_run_into_the_same_out_is_refused_and_leaves_it_untouched(tmp_p
     assert (tmp_path / "config.json").read_text() == before
     again = fit(TrainConfig(epochs=2, overwrite=True, **cfg))
     assert len(again.history) == 2
+
+
+def test_cli_predict_prints_labels_and_reports_bad_files(digits_run, tmp_path):
+    from PIL import Image
+
+    test = load_dataset("digits").test
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"d{i}.png"))
+        Image.fromarray(test.sources[i]).save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    out = _cli("predict", "--checkpoint", str(digits_run.out), "--json", *paths, str(tmp_path / "bad.png"))
+    assert out.returncode == 1  # one file was bad
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    expected = Predictor.from_checkpoint(digits_run.out).predict(paths)
+    assert [r["label"] for r in lines[:3]] == [e["label"] for e in expected]
+    assert "error" in lines[3] and lines[3]["image"].endswith("bad.png")
+    table = _cli("predict", "--checkpoint", str(digits_run.out), *paths)
+    assert table.returncode == 0 and all(p in table.stdout for p in paths)
