@@ -209,7 +209,10 @@ print(json.dumps({"history": run.history, "bn_losses": bn_losses}))
 def test_two_devices_give_the_same_metrics_as_one(tmp_path):
     runs = {}
     for n in (1, 2):
-        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        # a loaded 2-core machine can starve one forced "device" thread past XLA's 40 s collective timeout
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n} "
+                            "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+                            "--xla_cpu_collective_timeout_seconds=600"}
         p = subprocess.run([sys.executable, "-c", MULTI_DEVICE, str(tmp_path / str(n)), str(n)], capture_output=True,
                            text=True, env={**os.environ, **env})
         assert p.returncode == 0, p.stderr[-2000:]
