@@ -29,6 +29,11 @@ def versions() -> dict[str, str]:
             "orbax": ocp.__version__ if hasattr(ocp, "__version__") else "", "python": platform.python_version()}
 
 
+def monitor_mode(monitor: str) -> str:
+    """Losses are minimised, everything else (accuracies) maximised."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
 def find_checkpoint_dir(path: str | Path) -> Path:
     """Accept a run directory or its checkpoints/ folder; return the folder holding model_card.json."""
     path = Path(path)
@@ -53,18 +58,18 @@ def write_model_card(directory: str | Path, card: dict[str, Any]) -> None:
 class Checkpoints:
     """One orbax CheckpointManager keeping the latest step AND the best step by `monitor`."""
 
-    def __init__(self, directory: str | Path, monitor: str = "val_accuracy", mode: str = "max",
-                 read_only: bool = False):
+    def __init__(self, directory: str | Path, monitor: str = "val_accuracy", read_only: bool = False):
         self.directory = Path(directory).absolute()
         self.monitor = monitor
+        self.mode = monitor_mode(monitor)
         metric = lambda m: m[monitor]  # noqa: E731
         options = ocp.CheckpointManagerOptions(
             best_fn=metric,
-            best_mode=mode,
+            best_mode=self.mode,
             # best_fn + max_to_keep alone would delete the latest step; keep both explicitly
             preservation_policy=policies.AnyPreservationPolicy([
                 policies.LatestN(n=1),
-                policies.BestN(get_metric_fn=metric, reverse=(mode == "min"), n=1),
+                policies.BestN(get_metric_fn=metric, reverse=(self.mode == "min"), n=1),
             ]),
             enable_async_checkpointing=False,
             create=not read_only,
@@ -109,10 +114,6 @@ class Checkpoints:
         step = self.resolve(which)
         got = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(template)))
         return got.model, step
-
-    def restore_meta(self, which: str | int = "latest") -> dict:
-        step = self.resolve(which)
-        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
     def close(self) -> None:
         self.manager.close()

@@ -7,11 +7,8 @@ beside the true labels, and stops the server.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,12 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post_image(url: str, png: bytes) -> dict:
@@ -43,7 +34,7 @@ def _post_image(url: str, png: bytes) -> dict:
 
 
 def main() -> int:
-    from .data import load_dataset
+    from .serving.local import running_server
     from .serving.package import package_checkpoint
     from .train import OptimConfig, TrainConfig, fit
 
@@ -59,42 +50,33 @@ def main() -> int:
     tag = package_checkpoint(result.out)
     print(f"2/4 packaged the best checkpoint (epoch {result.best_epoch}) as {tag}")
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    print(f"3/4 starting the service on {url}", flush=True)
-    log = open(work / "server.log", "w")  # noqa: SIM115 (the server outlives this block)
-    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "jaxnets.serving.service:JaxnetsClassifier",
-                               "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "JAXNETS_MODEL_TAG": tag}, start_new_session=True)
+    print("3/4 starting the service on a free loopback port", flush=True)
     try:
-        deadline = time.time() + 180
-        while True:
-            if server.poll() is not None or time.time() > deadline:
-                print((work / "server.log").read_text()[-3000:], file=sys.stderr)
-                print("the service did not start", file=sys.stderr)
-                return 1
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
-                    break
-            time.sleep(0.5)
-        test = load_dataset("digits").test
-        print("4/4 asking the service about 12 digits it has never seen:\n")
-        print("  true  predicted  probability")
-        right = 0
-        for i in np.linspace(0, len(test) - 1, 12).astype(int):
-            png = io.BytesIO()
-            Image.fromarray(test.sources[i]).save(png, format="PNG")
-            answer = _post_image(f"{url}/predict", png.getvalue())
-            right += answer["label"] == test.classes[test.labels[i]]
-            print(f"  {test.classes[test.labels[i]]:>4}  {answer['label']:>9}  {answer['top_k'][0]['probability']:.3f}")
-        print(f"\n{right}/12 right. Try it yourself while it runs: curl -F image=@digit.png {url}/predict")
-        return 0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-        log.close()
-        print("service stopped")
+        with running_server(work / "server.log", env={"JAXNETS_MODEL_TAG": tag}, timeout=180) as url:
+            _ask(url)
+    except RuntimeError as e:
+        print(f"the service did not start: {e}", file=sys.stderr)
+        return 1
+    print("service stopped")
+    return 0
+
+
+def _ask(url: str) -> None:
+    """Send twelve unseen test digits as PNG files and print the answers beside the true labels."""
+    from .data import load_dataset
+
+    test = load_dataset("digits").test
+    print(f"4/4 asking the service at {url} about 12 digits it has never seen:\n")
+    print("  true  predicted  probability")
+    right = 0
+    for i in np.linspace(0, len(test) - 1, 12).astype(int):
+        png = io.BytesIO()
+        Image.fromarray(test.sources[i]).save(png, format="PNG")
+        answer = _post_image(f"{url}/predict", png.getvalue())
+        truth = test.classes[test.labels[i]]
+        right += answer["label"] == truth
+        print(f"  {truth:>4}  {answer['label']:>9}  {answer['top_k'][0]['probability']:.3f}")
+    print(f"\n{right}/12 right. While it runs: curl -F image=@digit.png {url}/predict")
 
 
 if __name__ == "__main__":

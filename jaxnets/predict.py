@@ -7,6 +7,7 @@ runs on an already-compiled function.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,6 @@ class Predictor:
         self.max_pixels = max_pixels
         apply = forward(model, self.spec)
         self._probabilities = jax.jit(lambda v, images: probabilities(apply(v, images), self.binary))
-        self.step = int(card.get("restored_step", 0))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, which: str | int = "best", **kwargs) -> Predictor:
@@ -59,8 +59,7 @@ class Predictor:
         model = create_model(card["model"], int(card["num_outputs"]), **card["model_options"])
         template = jax.eval_shape(lambda: init_variables(model, tuple(card["input_shape"]), 0))
         template = {"params": template["params"], "batch_stats": template.get("batch_stats", {})}
-        checkpoints = Checkpoints(directory, card.get("monitor", "val_accuracy"),
-                                  "min" if card.get("monitor", "").endswith("loss") else "max", read_only=True)
+        checkpoints = Checkpoints(directory, card.get("monitor", "val_accuracy"), read_only=True)
         try:
             restored, step = checkpoints.restore_variables(which, template)
         finally:
@@ -78,8 +77,9 @@ class Predictor:
         return TrainState(self.variables["params"], self.variables.get("batch_stats", {}), None,
                           jnp.zeros((), jnp.int32), jax.random.PRNGKey(0))
 
-    @property
+    @functools.cached_property
     def eval_step(self):
+        """The training eval step over these weights, jitted once per Predictor."""
         return make_eval_step(self.model, StepConfig(self.spec, len(self.classes), self.binary))
 
     def _chunks(self, n: int) -> list[tuple[int, int]]:

@@ -17,8 +17,7 @@ def package_checkpoint(checkpoint: str | Path, name: str = DEFAULT_NAME, which: 
 
     directory = find_checkpoint_dir(checkpoint)
     card = read_model_card(directory)
-    checkpoints = Checkpoints(directory, card.get("monitor", "val_accuracy"),
-                              "min" if card.get("monitor", "").endswith("loss") else "max", read_only=True)
+    checkpoints = Checkpoints(directory, card.get("monitor", "val_accuracy"), read_only=True)
     try:
         step = checkpoints.resolve(which)
     finally:

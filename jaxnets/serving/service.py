@@ -138,14 +138,13 @@ class JaxnetsClassifier:
         self.spec = PreprocessSpec.from_dict(card["preprocess"])
 
     def _pixels(self, upload: Path, what: str) -> np.ndarray:
+        # the size limit is enforced once, on the whole request, by RequestGuard
         try:
-            size = Path(upload).stat().st_size
+            data = Path(upload).read_bytes()
         except (OSError, TypeError):
             raise InvalidArgument(f"{what}: no file received; send it as multipart form data") from None
-        if size > MAX_REQUEST_BYTES:
-            raise InvalidArgument(f"{what}: file is {size:,} bytes, above the limit of {MAX_REQUEST_BYTES:,}")
         try:
-            return to_pixels(Path(upload).read_bytes(), self.spec, MAX_PIXELS)
+            return to_pixels(data, self.spec, MAX_PIXELS)
         except ImageError as e:
             raise InvalidArgument(f"{what}: {e}") from None
 

@@ -184,7 +184,6 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
     classes = list(splits.classes)
     binary = _binary(cfg, len(classes))
     spec = cfg.preprocess_spec()
-    mode = "min" if cfg.monitor.endswith("loss") else "max"
 
     loader = lambda ds, shuffle: Loader(ds, spec, cfg.batch_size, shuffle=shuffle, seed=cfg.seed,  # noqa: E731
                                         memory_budget=cfg.memory_budget, progress=not quiet)
@@ -201,7 +200,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
     step_cfg = StepConfig(spec, len(classes), binary, cfg.label_smoothing, get_augment(cfg.augment))
     train_step, eval_step = make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg)
 
-    checkpoints = Checkpoints(ckpt_dir, cfg.monitor, mode)
+    checkpoints = Checkpoints(ckpt_dir, cfg.monitor)
     history: list[dict[str, float]] = []
     start_epoch = 0
     if cfg.resume and checkpoints.latest_step() is not None:
@@ -214,7 +213,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
         "classes": classes, "preprocess": spec.to_dict(), "input_shape": list(spec.shape),
         "monitor": cfg.monitor, "train_config": cfg.to_dict(),
     }
-    best = _Best(mode, cfg.min_delta)
+    best = _Best(checkpoints.mode, cfg.min_delta)
     for h in history:  # a resumed run replays its history: same best, same patience count
         best.update(h[cfg.monitor], h["epoch"])
     write_model_card(ckpt_dir, {**card, "best": {"epoch": best.epoch, "metric": cfg.monitor, "value": best.value}})
