@@ -122,15 +122,11 @@ def _which(value: str):
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate_checkpoint
-    from .predict import Predictor
     from .train.metrics import format_report
 
     test = evaluate_checkpoint(args.checkpoint, args.data, args.batch_size, _which(args.which), args.data_dir)
-    if args.json:
-        print(json.dumps(test))
-    else:
-        classes = Predictor.from_checkpoint(args.checkpoint, _which(args.which)).classes
-        print(format_report(test, classes))
+    # per_class is keyed in the checkpoint's class order: no need to load the checkpoint a second time
+    print(json.dumps(test) if args.json else format_report(test, list(test["per_class"])))
     return 0
 
 
