@@ -182,3 +182,47 @@ def test_one_batch_overfits_in_fifty_adam_steps(name, options, size, channels):
         params, extra, opt_state, loss = step(params, extra, opt_state)
         losses.append(float(loss))
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
+
+
+def _lax_conv(x, w, strides=(1, 1), padding="VALID"):
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_shifted_slices_conv_is_the_same_function_as_lax_conv_with_the_same_gradients():
+    """LeNet's first layer runs as shifted slices (faster on CPU); value and gradients must stay lax's."""
+    import flax.linen as nn
+
+    from jaxnets.models.layers import conv_general_dilated
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 32, 32, 1)), jnp.float32)
+    fast = nn.Conv(6, (5, 5), padding="VALID", conv_general_dilated=conv_general_dilated)
+    plain = nn.Conv(6, (5, 5), padding="VALID")
+    variables = plain.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.structure(fast.init(jax.random.PRNGKey(0), x)) == jax.tree.structure(variables)
+    # the fast path really is taken (a custom_vjp), not silently the lax conv
+    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda v: fast.apply(v, x))(variables))
+    np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+    def grads(module):
+        return jax.grad(lambda v, x: jnp.sum(jnp.tanh(module.apply(v, x)) ** 2), argnums=(0, 1))(variables, x)
+
+    for got, want in zip(jax.tree.leaves(grads(fast)), jax.tree.leaves(grads(plain)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize("shape, kernel, strides, padding", [
+    ((2, 12, 12, 3), (3, 3, 3, 4), (1, 1), "VALID"),   # more than one input channel
+    ((2, 12, 12, 1), (3, 3, 1, 4), (2, 2), "VALID"),   # strided
+    ((2, 12, 12, 1), (3, 3, 1, 4), (1, 1), "SAME"),    # padded
+])
+def test_other_convolutions_go_to_lax_unchanged(shape, kernel, strides, padding):
+    from jaxnets.models.layers import conv_general_dilated
+
+    rng = np.random.default_rng(1)
+    x, w = jnp.asarray(rng.normal(size=shape), jnp.float32), jnp.asarray(rng.normal(size=kernel), jnp.float32)
+    dn = jax.lax.conv_dimension_numbers(shape, kernel, ("NHWC", "HWIO", "NHWC"))
+    got = conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(
+        lambda x, w: conv_general_dilated(x, w, strides, padding, dimension_numbers=dn))(x, w))
+    np.testing.assert_array_equal(got, _lax_conv(x, w, strides, padding))
