@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.loader import Loader
-from .data.sources import Dataset, image_folder, load_dataset
+from .data.sources import Dataset, folder_kind, image_folder, load_dataset
 from .predict import Predictor
 from .train.loop import evaluate_loader
 from .train.metrics import per_class_report
@@ -24,8 +24,7 @@ def _remap(ds: Dataset, classes: list[str]) -> Dataset:
 def evaluation_set(data: str, classes: list[str], seed: int = 0, data_dir: str | None = None) -> Dataset:
     """The test split of `data`, or all of it when it is a plain class folder (new photos, no splits)."""
     root = Path(data)
-    if root.is_dir() and not any((root / s).is_dir() for s in ("train", "test", "val", "validation")) \
-            and not any(root.glob("*idx3-ubyte*")) and any(p.is_dir() for p in root.iterdir()):
+    if root.is_dir() and folder_kind(root) == "classes":
         return _remap(image_folder(root), classes)
     return _remap(load_dataset(data, seed=seed, data_dir=data_dir).test, classes)
 

@@ -343,3 +343,17 @@ def test_flip_only_mirrors_exactly():
     np.testing.assert_allclose(out[0], images[0, :, ::-1], atol=1e-5)
     with pytest.raises(ValueError, match="classic"):
         get_augment("fancy")
+
+
+def test_folder_kind_tells_the_four_layouts_apart(tmp_path):
+    from jaxnets.data.sources import folder_kind
+
+    write_class_folder(tmp_path / "classes")
+    write_class_folder(tmp_path / "splits" / "train")
+    write_class_folder(tmp_path / "splits" / "test")
+    for i in range(2):
+        write_image(tmp_path / "flat" / f"cat.{i}.png", pattern(0))
+    write_idx(tmp_path / "idx" / "train-images-idx3-ubyte.gz", np.zeros((2, 28, 28), np.uint8))
+    write_idx(tmp_path / "idx" / "train-labels-idx1-ubyte.gz", np.zeros(2, np.uint8))
+    assert {k: folder_kind(tmp_path / k) for k in ("classes", "splits", "flat", "idx")} == {
+        "classes": "classes", "splits": "splits", "flat": "flat", "idx": "idx"}

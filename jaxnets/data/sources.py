@@ -344,14 +344,28 @@ def load_dataset(
     root = Path(spec).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{spec!r} is neither 'digits', 'tfds:NAME', nor a folder")
-    if is_idx_folder(root):
+    kind = folder_kind(root)
+    if kind == "idx":
         train, test = idx_folder(root, labels)
         return _carve(train, None, test, val_split, test_split, seed)
-    splits = _split_folders(root)
-    if splits:
+    if kind == "splits":
+        splits = _split_folders(root)
         train = image_folder(splits["train"])
         given = {k: image_folder(p, classes=train.classes) for k, p in splits.items() if k != "train"}
         return _carve(train, given.get("val"), given.get("test"), val_split, test_split, seed)
-    if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+    if kind == "classes":
         return split_dataset(image_folder(root), val_split, test_split, seed)
     return split_dataset(labelled_by_filename(root, labels), val_split, test_split, seed)
+
+
+def folder_kind(root: str | Path) -> str:
+    """How a folder holds its data: "idx" (MNIST-style files), "splits" (train/ val/ test/ folders),
+    "classes" (one subfolder per class) or "flat" (images labelled by file name)."""
+    root = Path(root)
+    if is_idx_folder(root):
+        return "idx"
+    if _split_folders(root):
+        return "splits"
+    if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        return "classes"
+    return "flat"
