@@ -107,12 +107,16 @@ def _binary(cfg: TrainConfig, num_classes: int) -> bool:
     return cfg.loss == "bce" or (cfg.loss == "auto" and num_classes == 2)
 
 
+# one dispatch per step for the running metric sums, instead of one per metric
+_add_sums = jax.jit(lambda total, sums: jax.tree.map(jnp.add, total, sums))
+
+
 def evaluate_loader(eval_step, state, loader: Loader) -> dict[str, Any]:
     """Sum the eval step's metric sums over a whole split; means computed once, at the end."""
     total = None
     for batch in loader.epoch(0):
         sums = eval_step(state, batch)
-        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        total = sums if total is None else _add_sums(total, sums)
     total = jax.device_get(total)
     return {**means(total), "confusion": np.asarray(total["confusion"])}
 
@@ -228,7 +232,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
         for batch in bar:
             state, sums = train_step(state, batch)
             losses.append(sums["loss_sum"])
-            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+            total = sums if total is None else _add_sums(total, sums)
         train = means(jax.device_get(total))
         seconds = time.perf_counter() - t0
         if not np.isfinite(train["loss"]):
