@@ -5,9 +5,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 
 from .models import get_entry, list_models
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a command-line mistake in one line (no usage block) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
+def _which(text: str):
+    from .checkpoint import parse_which
+
+    try:
+        return parse_which(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_train(sub) -> None:
@@ -74,9 +99,14 @@ def _model_options(args) -> dict:
     return opts
 
 
+def _resume_command(argv: list[str]) -> str:
+    kept = [a for a in argv if a not in ("--resume", "--overwrite")]
+    return "jaxnets " + " ".join(shlex.quote(a) for a in [*kept, "--resume"])
+
+
 def _train(args) -> int:
     from .sharding import maybe_initialize_distributed
-    from .train import NonFiniteLossError, OptimConfig, TrainConfig, fit
+    from .train import NonFiniteLossError, OptimConfig, TrainConfig, TrainingInterrupted, fit
 
     get_entry(args.model)
     maybe_initialize_distributed()  # multi-host only when JAX_COORDINATOR_ADDRESS / JAXNETS_DISTRIBUTED=1 is set
@@ -96,7 +126,10 @@ def _train(args) -> int:
         result = fit(cfg)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
+    except TrainingInterrupted as e:
+        print(f"{e}. Resume with: {_resume_command(args.argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     test = result.metrics.get("test", {})
     print(f"best epoch {result.best_epoch}; test accuracy {test.get('accuracy', float('nan')):.4f}; "
           f"checkpoint {result.out / 'checkpoints'}")
@@ -110,21 +143,17 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory or its checkpoints/ folder")
     p.add_argument("--data", required=True, help="same forms as for train")
     p.add_argument("--data-dir", default=None, help="TFDS data directory")
-    p.add_argument("--which", default="best", help="best, latest, or an epoch number")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--which", default="best", type=_which, help="best, latest, or an epoch number")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
     p.set_defaults(func=_evaluate)
-
-
-def _which(value: str):
-    return int(value) if value.isdigit() else value
 
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate_checkpoint
     from .train.metrics import format_report
 
-    test = evaluate_checkpoint(args.checkpoint, args.data, args.batch_size, _which(args.which), args.data_dir)
+    test = evaluate_checkpoint(args.checkpoint, args.data, args.batch_size, args.which, args.data_dir)
     # per_class is keyed in the checkpoint's class order: no need to load the checkpoint a second time
     print(json.dumps(test) if args.json else format_report(test, list(test["per_class"])))
     return 0
@@ -133,8 +162,8 @@ def _evaluate(args) -> int:
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify image files with a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run directory or its checkpoints/ folder")
-    p.add_argument("--which", default="best", help="best, latest, or an epoch number")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--which", default="best", type=_which, help="best, latest, or an epoch number")
+    p.add_argument("--top-k", type=_positive_int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_predict)
@@ -142,14 +171,17 @@ def _add_predict(sub) -> None:
 
 def _predict(args) -> int:
     from .data.preprocess import ImageError
-    from .predict import Predictor
+    from .predict import NonFiniteOutputError, Predictor
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, _which(args.which))
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.which)
     status = 0
     width = max(len(p) for p in args.images)
     for path in args.images:
         try:
             result = predictor.predict([path], top_k=args.top_k)[0]
+        except NonFiniteOutputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         except (ImageError, OSError) as e:
             status = 1
             print(json.dumps({"image": path, "error": str(e)}) if args.json else f"{path:<{width}}  error: {e}")
@@ -165,7 +197,7 @@ def _predict(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's informational lines are not for users
-    parser = argparse.ArgumentParser(prog="jaxnets", description="Classic image classifiers in JAX/Flax.")
+    parser = _Parser(prog="jaxnets", description="Classic image classifiers in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
@@ -176,12 +208,26 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             continue
         module.add_parser(sub)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:  # a mistake in what was asked for: one line, no traceback
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message (a file error with its path), never a trace."""
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e.strerror or ""):
+        text = f"{e.filename}: {e.strerror or e}"
+    else:
+        text = str(e) or type(e).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ from .train.steps import StepConfig, forward, make_eval_step, probabilities
 DEFAULT_BUCKETS = (1, 8, 32)
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN or infinite probabilities: its weights are broken, so no answer is given."""
+
+
 def describe(probs: np.ndarray, classes: Sequence[str], top_k: int = 5) -> list[dict[str, Any]]:
     """Probabilities → [{"label", "probabilities": {class: p}, "top_k": [{"label", "probability"}]}]."""
     k = max(1, min(top_k, len(classes)))
@@ -124,4 +128,8 @@ class Predictor:
         """PIL images, paths, bytes or uint8 arrays → one result dict per image (see `describe`)."""
         if isinstance(images, (str, Path, bytes, bytearray)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
             images = [images]
-        return self.describe(self.predict_pixels(self.pixels(list(images))), top_k)
+        probs = self.predict_pixels(self.pixels(list(images)))
+        if not np.isfinite(probs).all():
+            raise NonFiniteOutputError(f"{self.card['model']} produced non-finite probabilities: its weights "
+                                       f"(restored step {self.card.get('restored_step')}) are broken")
+        return self.describe(probs, top_k)

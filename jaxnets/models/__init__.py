@@ -37,6 +37,7 @@ class ModelEntry:
     size: int = 224
     channels: int = 3
     normalize: str = "imagenet"
+    min_size: int = 1  # the smallest input height/width the architecture can compute on
 
     def options(self) -> list[str]:
         """Option names a user may set: the module's fields, less the ones the entry fixes."""
@@ -54,7 +55,7 @@ _REGISTRY: dict[str, ModelEntry] = {
     ),
     "shallow_mlp": ModelEntry(MLP, defaults={"hidden_sizes": (4,)}, size=128, channels=3, normalize="half"),
     "mlp": ModelEntry(MLP, defaults={"hidden_sizes": (256, 64)}, **_MLP_INPUT),
-    "lenet5": ModelEntry(LeNet5, size=32, channels=1, normalize="half"),
+    "lenet5": ModelEntry(LeNet5, size=32, channels=1, normalize="half", min_size=16),  # two valid 5×5 convs + pools
     "alexnet": ModelEntry(AlexNet),
     **{
         f"vgg{depth}{suffix}": ModelEntry(VGG, fixed={"config": cfg, "batch_norm": bn})

@@ -1,19 +1,22 @@
 """fit(): epochs of training and validation, the best and latest checkpoints, resume, early stopping,
-and the final test report. Everything a run writes lands in `config.out`:
+and the final test report. Everything a run writes lands in `config.out`, through `RunDir`:
 
-  config.json  history.json  history.csv  curves.png  metrics.json  checkpoints/{<epoch>/, model_card.json}
+  .jaxnets-run.json  config.json  history.json  history.csv  curves.png  metrics.json
+  checkpoints/{<epoch>/, model_card.json}
+
+A start is checked (read-only), prepared (data, model, a resumed state: may fail or be refused) and only
+then allowed to write: a refused or failed start leaves the run directory as it was.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
+import io
 import json
 import logging
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,73 +25,32 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpoints, write_model_card
+from ..checkpoint import Checkpoints, find_checkpoint_dir, read_model_card, write_model_card
 from ..data.augment import get_augment
-from ..data.loader import DEFAULT_MEMORY_BUDGET, Loader
-from ..data.preprocess import PreprocessSpec
+from ..data.loader import Loader
 from ..data.sources import Splits, load_dataset
-from ..models import get_entry
+from .config import TrainConfig
 from .metrics import format_report, means, per_class_report
-from .optim import OptimConfig, current_lr, make_optimizer
-from .state import create_state
+from .optim import current_lr, make_optimizer
+from .rundir import RunDir
+from .state import TrainState, create_state
 from .steps import StepConfig, make_eval_step, make_train_step
 
 log = logging.getLogger("jaxnets.train")
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds")
+# what a resumed run may not change: the weights of the saved run would not fit, or would mean something else
+_FIXED_ON_RESUME = ("model", "model_options", "num_outputs", "binary", "classes", "input_shape")
+
+__all__ = ["FitResult", "NonFiniteLossError", "TrainConfig", "TrainingInterrupted", "evaluate_loader", "fit"]
 
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged. The checkpoints on disk are the last good ones."""
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a run. Saved as config.json; `resume` reads the same run back."""
-
-    model: str = "lenet5"
-    data: str = "digits"
-    out: str = "runs/latest"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    size: int | None = None  # None: the model's default input (registry)
-    channels: int | None = None
-    resize: str = "stretch"
-    normalize: str | None = None
-    val_split: float = 0.1
-    test_split: float = 0.1
-    labels: list[str] | None = None
-    data_dir: str | None = None
-    epochs: int = 10
-    batch_size: int = 64
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: str = "auto"  # auto (binary BCE for 2 classes, else softmax CE) | bce | softmax
-    label_smoothing: float = 0.0
-    augment: str = "none"
-    dtype: str = "float32"
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False  # start afresh in an `out` that already holds checkpoints (they are deleted)
-    patience: int | None = None
-    min_delta: float = 0.0
-    monitor: str = "val_accuracy"
-    quiet: bool = False
-    memory_budget: int = DEFAULT_MEMORY_BUDGET
-
-    def preprocess_spec(self) -> PreprocessSpec:
-        entry = get_entry(self.model)
-        size = self.size or entry.size
-        return PreprocessSpec(size, size, self.channels or entry.channels, self.resize,
-                              self.normalize or entry.normalize)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        optim = d.pop("optim", {}) or {}
-        optim = {**optim, "step_epochs": tuple(optim.get("step_epochs", ()))}
-        return cls(**d, optim=OptimConfig(**optim))
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where it stopped and what is on disk to resume from."""
 
 
 @dataclass
@@ -100,8 +62,6 @@ class FitResult:
 
 
 def _binary(cfg: TrainConfig, num_classes: int) -> bool:
-    if cfg.loss not in ("auto", "bce", "softmax"):
-        raise ValueError(f"unknown loss {cfg.loss!r}; choose one of: auto, bce, softmax")
     if cfg.loss == "bce" and num_classes != 2:
         raise ValueError(f"loss 'bce' needs exactly 2 classes, the data has {num_classes}")
     return cfg.loss == "bce" or (cfg.loss == "auto" and num_classes == 2)
@@ -121,16 +81,15 @@ def evaluate_loader(eval_step, state, loader: Loader) -> dict[str, Any]:
     return {**means(total), "confusion": np.asarray(total["confusion"])}
 
 
-def _write_history(out: Path, history: list[dict[str, float]]) -> None:
-    (out / "history.json").write_text(json.dumps(history, indent=1))
-    with open(out / "history.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
-    _plot(out / "curves.png", history)
+def _history_csv(history: list[dict[str, float]]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue()
 
 
-def _plot(path: Path, history: list[dict[str, float]]) -> None:
+def _curves_png(history: list[dict[str, float]]) -> bytes:
     """Loss and accuracy per epoch, train and validation: the classic course plots."""
     import matplotlib
 
@@ -148,8 +107,16 @@ def _plot(path: Path, history: list[dict[str, float]]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    return png.getvalue()
+
+
+def _write_history(run: RunDir, history: list[dict[str, float]]) -> None:
+    run.write("history.json", json.dumps(history, indent=1))
+    run.write("history.csv", _history_csv(history))
+    run.write("curves.png", _curves_png(history))
 
 
 @dataclass
@@ -170,104 +137,148 @@ class _Best:
         else:
             self.waited += 1
 
+    def card(self, monitor: str) -> dict[str, Any]:
+        return {"epoch": self.epoch, "metric": monitor, "value": self.value}
 
-def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
-    """Train `cfg.model` on `cfg.data` (or the given splits); see the module docstring for what is written."""
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
-    if ckpt_dir.exists() and not cfg.resume:  # refuse before writing anything into someone else's run
-        if not cfg.overwrite and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-            raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass resume to continue that run, "
-                                  "overwrite to start it again, or choose another output directory")
-        shutil.rmtree(ckpt_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
-    quiet = cfg.quiet or not sys.stderr.isatty()
+
+@dataclass
+class _Prepared:
+    """Everything a run needs before its first step: data, loaders, model, state, steps, the card."""
+
+    splits: Splits
+    train_loader: Loader
+    val_loader: Loader | None
+    test_loader: Loader | None
+    state: TrainState
+    train_step: Any
+    eval_step: Any
+    schedule: Any
+    card: dict[str, Any]
+
+
+def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
+    """Data, loaders, model, state and jitted steps. Reads data; writes nothing."""
     splits = splits or load_dataset(cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
                                     labels=cfg.labels, data_dir=cfg.data_dir)
     classes = list(splits.classes)
     binary = _binary(cfg, len(classes))
     spec = cfg.preprocess_spec()
-
-    loader = lambda ds, shuffle: Loader(ds, spec, cfg.batch_size, shuffle=shuffle, seed=cfg.seed,  # noqa: E731
-                                        memory_budget=cfg.memory_budget, progress=not quiet)
-    train_loader = loader(splits.train, True)
-    val_loader = loader(splits.val, False) if len(splits.val) else None
-    test_loader = loader(splits.test, False) if len(splits.test) else None
-    if val_loader is None and cfg.monitor.startswith("val_"):
+    if not len(splits.val) and cfg.monitor.startswith("val_"):
         raise ValueError("monitoring a validation metric needs a validation split (val_split > 0 or a val folder)")
 
+    def loader(ds, shuffle):
+        if not len(ds):
+            return None
+        return Loader(ds, spec, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, memory_budget=cfg.memory_budget,
+                      progress=not quiet)
+
+    train_loader = loader(splits.train, True)
+    if train_loader is None:
+        raise ValueError(f"no training images in {cfg.data}")
     tx, schedule = make_optimizer(cfg.optim, train_loader.steps_per_epoch, cfg.epochs)
     model_options = {**cfg.model_options, "dtype": cfg.dtype}
     num_outputs = 1 if binary else len(classes)
     model, state = create_state(cfg.model, num_outputs, model_options, spec.shape, tx, cfg.seed, train_loader.mesh)
     step_cfg = StepConfig(spec, len(classes), binary, cfg.label_smoothing, get_augment(cfg.augment))
-    train_step, eval_step = make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg)
-
-    checkpoints = Checkpoints(ckpt_dir, cfg.monitor)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if cfg.resume and checkpoints.latest_step() is not None:
-        state, meta = checkpoints.restore_state(checkpoints.latest_step(), state)
-        history, start_epoch = meta["history"], int(meta["epoch"])
-        log.info("resumed %s at epoch %d", out, start_epoch)
-
     card = {
         "model": cfg.model, "model_options": model_options, "num_outputs": num_outputs, "binary": binary,
         "classes": classes, "preprocess": spec.to_dict(), "input_shape": list(spec.shape),
         "monitor": cfg.monitor, "train_config": cfg.to_dict(),
     }
-    best = _Best(checkpoints.mode, cfg.min_delta)
-    for h in history:  # a resumed run replays its history: same best, same patience count
-        best.update(h[cfg.monitor], h["epoch"])
-    write_model_card(ckpt_dir, {**card, "best": {"epoch": best.epoch, "metric": cfg.monitor, "value": best.value}})
+    return _Prepared(splits, train_loader, loader(splits.val, False), loader(splits.test, False), state,
+                     make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg), schedule, card)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.patience is not None and best.waited >= cfg.patience:
-            break
-        t0 = time.perf_counter()
-        total, losses = None, []
-        bar = tqdm(train_loader.epoch(epoch), total=train_loader.steps_per_epoch, disable=quiet, leave=False,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
-        for batch in bar:
-            state, sums = train_step(state, batch)
-            losses.append(sums["loss_sum"])
-            total = sums if total is None else _add_sums(total, sums)
-        train = means(jax.device_get(total))
-        seconds = time.perf_counter() - t0
-        if not np.isfinite(train["loss"]):
-            step_losses = np.asarray(jax.device_get(jnp.stack(losses)))
-            bad = int(np.flatnonzero(~np.isfinite(step_losses))[0])
-            raise NonFiniteLossError(
-                f"loss became {step_losses[bad]} at epoch {epoch + 1}, step {bad + 1} of "
-                f"{train_loader.steps_per_epoch} (global step {epoch * train_loader.steps_per_epoch + bad + 1}); "
-                f"try a lower learning rate. Last good checkpoint: {checkpoints.latest_step() or 'none'} in {ckpt_dir}"
-            )
-        val = evaluate_loader(eval_step, state, val_loader) if val_loader else {"loss": None, "accuracy": None}
-        row = {
-            "epoch": epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-            "lr": current_lr(schedule, state.opt_state, int(state.step) - 1),
-            "images_per_s": len(train_loader) / seconds, "seconds": seconds,
-        }
-        history.append(row)
-        best.update(row[cfg.monitor], epoch + 1)
-        checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history}, {cfg.monitor: row[cfg.monitor]})
-        write_model_card(ckpt_dir, {**card, "best": {"epoch": best.epoch, "metric": cfg.monitor, "value": best.value}})
-        _write_history(out, history)
-        if not cfg.quiet:
-            val_txt = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if val_loader else ""
-            print(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                  f"acc {row['train_accuracy']:.4f}{val_txt}  lr {row['lr']:.2e}  "
-                  f"{row['images_per_s']:,.0f} img/s  {seconds:.1f}s", file=sys.stderr)
 
-    # the final report comes from the best checkpoint, restored, exactly as a user would load it
+def _check_resumable(run: RunDir, card: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a resume whose model, classes or input differ from the saved run's."""
+    saved = read_model_card(find_checkpoint_dir(run.checkpoints))
+    changed = [k for k in _FIXED_ON_RESUME
+               if json.dumps(saved.get(k), sort_keys=True) != json.dumps(card[k], sort_keys=True, default=list)
+               and not (k == "model_options" and _same_but_dtype(saved.get(k), card[k]))]
+    if changed:
+        diffs = "; ".join(f"{k}: saved {saved.get(k)!r}, now {card[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume {run.path} with a different {', '.join(changed)} ({diffs}); "
+                         "use another --out, or --overwrite to start that run again")
+
+
+def _same_but_dtype(saved: dict | None, now: dict) -> bool:
+    """The compute dtype may change on resume: parameters are float32 either way."""
+    strip = lambda d: json.dumps({k: v for k, v in (d or {}).items() if k != "dtype"}, sort_keys=True)  # noqa: E731
+    return strip(saved) == strip(now)
+
+
+def _resume(cfg: TrainConfig, run: RunDir, prep: _Prepared) -> tuple[TrainState, list[dict[str, float]], int]:
+    """(state, history, epochs done) from the latest checkpoint, verified; the fresh state when there is none."""
+    if not cfg.resume or not run.checkpoints.is_dir():
+        return prep.state, [], 0
+    checkpoints = Checkpoints(run.checkpoints, cfg.monitor, read_only=True)
+    try:
+        if checkpoints.latest_step() is None:
+            return prep.state, [], 0
+        _check_resumable(run, prep.card)
+        run.claim()  # ours (checked), nothing rewritten: completing checksums is the only write before restoring
+        checkpoints.complete_checksums()
+        checkpoints.empty_trash()
+        state, meta = checkpoints.restore_state(checkpoints.latest_step(), prep.state)
+    finally:
+        checkpoints.close()
+    log.info("resumed %s at epoch %d", run.path, int(meta["epoch"]))
+    return state, meta["history"], int(meta["epoch"])
+
+
+def _train_epoch(cfg: TrainConfig, prep: _Prepared, state: TrainState, epoch: int, quiet: bool, progress: list):
+    """One epoch of training steps → (state, train means, seconds). `progress` holds the step reached, so that
+    an interruption can say where it stopped."""
+    t0 = time.perf_counter()
+    total, losses = None, []
+    loader = prep.train_loader
+    bar = tqdm(loader.epoch(epoch), total=loader.steps_per_epoch, disable=quiet, leave=False,
+               desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+    for step, batch in enumerate(bar, 1):
+        progress[:] = [epoch + 1, step]
+        state, sums = prep.train_step(state, batch)
+        losses.append(sums["loss_sum"])
+        total = sums if total is None else _add_sums(total, sums)
+    train = means(jax.device_get(total))
+    if not np.isfinite(train["loss"]):
+        step_losses = np.asarray(jax.device_get(jnp.stack(losses)))
+        bad = int(np.flatnonzero(~np.isfinite(step_losses))[0])
+        raise NonFiniteLossError(
+            f"loss became {step_losses[bad]} at epoch {epoch + 1}, step {bad + 1} of {loader.steps_per_epoch} "
+            f"(global step {epoch * loader.steps_per_epoch + bad + 1}); try a lower learning rate. The checkpoints "
+            f"in {Path(cfg.out) / 'checkpoints'} are the last good ones"
+        )
+    return state, train, time.perf_counter() - t0
+
+
+def _epoch_row(prep: _Prepared, state: TrainState, epoch: int, train: dict, seconds: float) -> dict[str, float]:
+    val = evaluate_loader(prep.eval_step, state, prep.val_loader) if prep.val_loader else {}
+    return {
+        "epoch": epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+        "val_loss": val.get("loss"), "val_accuracy": val.get("accuracy"),
+        "lr": current_lr(prep.schedule, state.opt_state, int(state.step) - 1),
+        "images_per_s": len(prep.train_loader) / seconds, "seconds": seconds,
+    }
+
+
+def _print_epoch(cfg: TrainConfig, row: dict[str, float]) -> None:
+    if cfg.quiet:
+        return
+    val = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if row["val_loss"] is not None else ""
+    print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+          f"{val}  lr {row['lr']:.2e}  {row['images_per_s']:,.0f} img/s  {row['seconds']:.1f}s", file=sys.stderr)
+
+
+def _final_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, checkpoints: Checkpoints, state: TrainState,
+                  best: _Best) -> dict[str, Any]:
+    """metrics.json from the best checkpoint, restored (and verified) exactly as a user would load it."""
+    classes = list(prep.splits.classes)
     best_step = checkpoints.best_step()
     best_state, _ = checkpoints.restore_state(best_step, state)
     metrics: dict[str, Any] = {"best": {"epoch": best_step, "metric": cfg.monitor, "value": best.value},
                                "classes": classes}
-    if test_loader is not None:
-        test = evaluate_loader(eval_step, best_state, test_loader)
+    if prep.test_loader is not None:
+        test = evaluate_loader(prep.eval_step, best_state, prep.test_loader)
         metrics["test"] = {
             "accuracy": test["accuracy"], "loss": test["loss"],
             "confusion_matrix": test["confusion"].astype(int).tolist(),
@@ -275,9 +286,54 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
         }
         if not cfg.quiet:
             print(format_report(metrics["test"], classes), file=sys.stderr)
-    metrics["skipped"] = [{"path": p, "reason": r} for p, r in splits.skipped]
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_model_card(ckpt_dir, {**card, "best": metrics["best"], "test": {
-        k: metrics["test"][k] for k in ("accuracy", "loss")} if "test" in metrics else None})
-    checkpoints.close()
-    return FitResult(out, history, metrics, best_step)
+    metrics["skipped"] = [{"path": p, "reason": r} for p, r in prep.splits.skipped]
+    run.write("metrics.json", json.dumps(metrics, indent=2))
+    test_card = {k: metrics["test"][k] for k in ("accuracy", "loss")} if "test" in metrics else None
+    write_model_card(run.checkpoints, {**prep.card, "best": metrics["best"], "test": test_card})
+    return metrics
+
+
+def _interrupted(cfg: TrainConfig, progress: list, checkpoints: Checkpoints) -> TrainingInterrupted:
+    epoch, step = progress or (0, 0)
+    latest = checkpoints.latest_step()
+    where = f"in epoch {epoch}, step {step}" if epoch else "before the first step"
+    saved = f"the latest checkpoint is epoch {latest} in {checkpoints.directory}" if latest else "no epoch was saved"
+    return TrainingInterrupted(f"interrupted {where}; {saved}")
+
+
+def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
+    """Train `cfg.model` on `cfg.data` (or the given splits); see the module docstring for what is written."""
+    cfg.validate()
+    run = RunDir(cfg.out)
+    run.check(cfg.resume, cfg.overwrite)
+    quiet = cfg.quiet or not sys.stderr.isatty()
+    prep = _prepare(cfg, splits, quiet)
+    state, history, start_epoch = _resume(cfg, run, prep)
+    run.claim(cfg.overwrite)
+    run.write("config.json", json.dumps(cfg.to_dict(), indent=2, default=list))
+    checkpoints = Checkpoints(run.checkpoints, cfg.monitor)
+    best = _Best(checkpoints.mode, cfg.min_delta)
+    for h in history:  # a resumed run replays its history: same best, same patience count
+        best.update(h[cfg.monitor], h["epoch"])
+    write_model_card(run.checkpoints, {**prep.card, "best": best.card(cfg.monitor)})
+    progress: list = []
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if cfg.patience is not None and best.waited >= cfg.patience:
+                break
+            state, train, seconds = _train_epoch(cfg, prep, state, epoch, quiet, progress)
+            row = _epoch_row(prep, state, epoch, train, seconds)
+            history.append(row)
+            best.update(row[cfg.monitor], epoch + 1)
+            checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history},
+                             {cfg.monitor: row[cfg.monitor]})
+            write_model_card(run.checkpoints, {**prep.card, "best": best.card(cfg.monitor)})
+            _write_history(run, history)
+            _print_epoch(cfg, row)
+        metrics = _final_report(cfg, run, prep, checkpoints, state, best)
+        best_epoch = checkpoints.best_step()
+    except KeyboardInterrupt:
+        raise _interrupted(cfg, progress, checkpoints) from None
+    finally:
+        checkpoints.close()
+    return FitResult(run.path, history, metrics, best_epoch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,29 @@ class OptimConfig:
     step_factor: float = 0.1
     plateau_patience: int = 2
     plateau_factor: float = 0.5
+
+    def validate(self) -> None:
+        """Refuse values that would train nothing or diverge by construction, with the option's name."""
+        choose({o: o for o in OPTIMIZERS}, self.optimizer, "optimizer")
+        choose({s: s for s in SCHEDULES}, self.schedule, "schedule")
+        _check(math.isfinite(self.lr) and self.lr > 0, "lr", "a positive number", self.lr)
+        _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "≥ 0", self.weight_decay)
+        _check(self.clip_norm is None or (math.isfinite(self.clip_norm) and self.clip_norm > 0), "clip_norm",
+               "a positive number", self.clip_norm)
+        _check(math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0, "warmup_epochs", "≥ 0",
+               self.warmup_epochs)
+        _check(0 < self.step_factor <= 1 and 0 < self.plateau_factor < 1, "step_factor/plateau_factor",
+               "in (0, 1]", (self.step_factor, self.plateau_factor))
+        _check(all(int(e) >= 1 for e in self.step_epochs), "step_epochs", "epochs ≥ 1", self.step_epochs)
+        _check(self.plateau_patience >= 0, "plateau_patience", "≥ 0", self.plateau_patience)
+        if self.nesterov and self.optimizer != "momentum":
+            raise ValueError(f"nesterov applies to the momentum optimizer only, not to {self.optimizer!r}")
+
+
+def _check(ok: bool, name: str, what: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def make_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
@@ -60,7 +84,7 @@ def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int
     elif cfg.optimizer == "adamw":
         base = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     else:
-        base = optax.rmsprop(schedule, momentum=cfg.momentum if cfg.nesterov else 0.0)
+        base = optax.rmsprop(schedule)
     parts = []
     if cfg.clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))

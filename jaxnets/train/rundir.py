@@ -1,0 +1,160 @@
+"""The run directory: what jaxnets may write, overwrite and delete there, and nothing else.
+
+Rule: jaxnets deletes or overwrites only files it can prove it wrote, and deletes only with `overwrite`.
+The proof is `.jaxnets-run.json`, written when a run claims the directory and updated on every write:
+the SHA-256 of each run file (config.json, history.*, curves.png, metrics.json) as jaxnets wrote it.
+Checkpoint steps carry their own checksums (see `checkpoint.py`), which prove them ours the same way.
+
+A start is checked first (`check`, read-only), prepared (data, model; may fail), and only then does it
+`claim` the directory: a refused or failed start leaves the directory exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..checkpoint import MODEL_CARD, TRASH, CheckpointError, verify_step
+
+MARKER = ".jaxnets-run.json"
+RUN_FILES = ("config.json", "history.json", "history.csv", "curves.png", "metrics.json")
+CHECKPOINTS = "checkpoints"
+_ORBAX_TMP = re.compile(r"^\d+\.orbax-checkpoint-tmp(-\d+)?$")
+
+
+class RunDirError(FileExistsError):
+    """The run directory holds something jaxnets did not write, or a run that needs resume/overwrite."""
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _writable_parent(path: Path) -> None:
+    """Refuse an output path below a file, or below a folder we cannot write into, before anything runs."""
+    for parent in [path, *path.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{parent} is not a folder: cannot create the run directory {path}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"{parent} is not writable: cannot create the run directory {path}")
+            return
+
+
+class RunDir:
+    """A training run's output folder, written only through this class."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / CHECKPOINTS
+
+    # ------------------------------------------------------------------------------------------ ownership
+
+    def _marker(self) -> dict[str, str] | None:
+        """{file name: sha256} of the run files jaxnets wrote here, or None if no jaxnets run owns the folder."""
+        marker = self.path / MARKER
+        if marker.is_symlink() or not marker.is_file():
+            return None
+        try:
+            files = json.loads(marker.read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            raise RunDirError(f"{marker} is damaged; cannot tell which files of {self.path} jaxnets wrote") from None
+        return files if isinstance(files, dict) else None
+
+    def _is_ours(self, name: str, recorded: dict[str, str] | None) -> bool:
+        path = self.path / name
+        if recorded is None or name not in recorded or path.is_symlink() or not path.is_file():
+            return False
+        return _digest(path.read_bytes()) == recorded[name]
+
+    def _foreign_checkpoint_entry(self, owned: bool) -> Path | None:
+        """The first entry of checkpoints/ that is not a jaxnets step, card or orbax temporary folder of ours."""
+        if not self.checkpoints.exists() and not self.checkpoints.is_symlink():
+            return None
+        if self.checkpoints.is_symlink() or not self.checkpoints.is_dir():
+            return self.checkpoints
+        if not owned:
+            return next(iter(sorted(self.checkpoints.iterdir())), None)  # an empty folder holds nothing to lose
+        for entry in sorted(self.checkpoints.iterdir()):
+            if entry.name == MODEL_CARD and entry.is_file() and not entry.is_symlink():
+                continue
+            if (_ORBAX_TMP.match(entry.name) or entry.name == TRASH) and entry.is_dir() and not entry.is_symlink():
+                continue  # a save cut short by a kill (orbax cleans it up), or steps dropped by this run
+            if entry.name.isdecimal():
+                try:
+                    verify_step(entry, hashes=False)
+                    continue
+                except CheckpointError:
+                    if not (entry / "_CHECKPOINT_METADATA").is_file():
+                        return entry
+                    continue  # a step whose checksums a kill prevented: completed on resume
+            return entry
+        return None
+
+    def has_run(self) -> bool:
+        return any((self.path / n).exists() for n in RUN_FILES) or (
+            self.checkpoints.is_dir() and any(p.name.isdecimal() for p in self.checkpoints.iterdir()))
+
+    def check(self, resume: bool = False, overwrite: bool = False) -> None:
+        """Read-only: raise RunDirError (naming the file) unless a run may start here as asked."""
+        _writable_parent(self.path)
+        if not self.path.exists():
+            return
+        recorded = self._marker()
+        for name in RUN_FILES:
+            path = self.path / name
+            if (path.exists() or path.is_symlink()) and not self._is_ours(name, recorded):
+                raise RunDirError(f"{path} was not written by a jaxnets run here (or was changed since); "
+                                  "refusing to overwrite it: move it away or choose another --out")
+        foreign = self._foreign_checkpoint_entry(owned=recorded is not None)
+        if foreign is not None:
+            raise RunDirError(f"{foreign} is not a jaxnets checkpoint of this run; refusing to touch it: move it "
+                              "away or choose another --out")
+        if self.has_run() and not (resume or overwrite):
+            raise RunDirError(f"{self.path} already holds a jaxnets run: pass --resume to continue it, --overwrite "
+                              "to start it again, or choose another --out")
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    def claim(self, overwrite: bool = False) -> None:
+        """Make the folder ours (after `check`). With overwrite, delete the previous run's files, and only them."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot create the run directory {self.path}: {e.strerror}") from None
+        recorded = self._marker()
+        if recorded is not None and not overwrite:
+            return
+        if overwrite and recorded is not None:
+            for name in RUN_FILES:
+                if self._is_ours(name, recorded):
+                    (self.path / name).unlink()
+            if self.checkpoints.is_dir() and self._foreign_checkpoint_entry(owned=True) is None:
+                shutil.rmtree(self.checkpoints)
+            recorded = {}
+        self._save_marker(recorded or {})
+
+    def _save_marker(self, files: dict[str, str]) -> None:
+        tmp = self.path / f".{MARKER}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"jaxnets_run": 1, "files": files}, indent=1))
+        tmp.replace(self.path / MARKER)
+
+    def write(self, name: str, data: bytes | str) -> None:
+        """Write one run file atomically and record its checksum: proof, later, that jaxnets wrote it."""
+        if name not in RUN_FILES:
+            raise ValueError(f"{name} is not a run file")
+        recorded = self._marker()
+        if recorded is None:
+            raise RunDirError(f"{self.path} was not claimed by this run")
+        path = self.path / name
+        if (path.exists() or path.is_symlink()) and not self._is_ours(name, recorded):
+            raise RunDirError(f"{path} was changed by someone else during the run; refusing to overwrite it")
+        data = data.encode() if isinstance(data, str) else data
+        tmp = self.path / f".{name}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        self._save_marker({**recorded, name: _digest(data)})

@@ -1,0 +1,306 @@
+"""Hardening: jaxnets never deletes or overwrites what it did not write, refuses damaged checkpoints, and
+answers a command-line mistake with one line and exit 2 — tried on real files and real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxnets.checkpoint import CheckpointError
+from jaxnets.cli import main
+from jaxnets.predict import Predictor
+from jaxnets.train import TrainConfig, fit
+
+RUN = dict(model="logistic_regression", data="digits", size=8, channels=1, batch_size=64, quiet=True)
+RUN_ARGS = ["train", "--model", "logistic_regression", "--data", "digits", "--size", "8", "--channels", "1",
+            "--quiet"]
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "jaxnets", *args], capture_output=True, text=True, **kwargs)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under root (links not followed) with its content hash or link target: equal snapshots mean
+    nothing was added, removed or changed."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                out[rel] = "link:" + os.readlink(path)
+            elif path.is_file():
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                out[rel] = "dir"
+    return out
+
+
+def run_main(capsys, *argv) -> tuple[int, list[str]]:
+    """The real CLI entry point in-process: (exit code, stderr lines). Raising anything but SystemExit (argparse's
+    own way out) would mean a traceback."""
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hardening") / "run"
+    fit(TrainConfig(epochs=2, out=str(out), **RUN))
+    return out
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    return Path(shutil.copytree(trained, tmp_path / "run", symlinks=True))
+
+
+def _best_step(run: Path) -> Path:
+    steps = sorted((p for p in (run / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return steps[-1]
+
+
+def _largest_array_file(step: Path) -> Path:
+    files = [p for p in (step / "model").rglob("*") if p.is_file() and p.parent.name == "d"]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+# ---------------------------------------------------------------------------------------------- data loss
+
+def test_a_foreign_checkpoints_folder_is_refused_and_left_exactly_as_it_was(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "checkpoints" / "best").mkdir(parents=True)
+    (out / "checkpoints" / "model.pt").write_bytes(b"someone's weights")
+    (out / "checkpoints" / "best" / "w.bin").write_bytes(b"\x00" * 100)
+    before = snapshot(out)
+    for extra in ([], ["--overwrite"]):
+        code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(out), *extra)
+        assert code == 2 and len(err) == 1, err
+        assert "checkpoints/best" in err[0] and "refusing" in err[0]
+        assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("name", ["config.json", "history.csv", "metrics.json", "history.json", "curves.png"])
+def test_a_run_file_jaxnets_did_not_write_is_never_overwritten(tmp_path, capsys, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text("my own notes")
+    before = snapshot(out)
+    for extra in ([], ["--overwrite"]):
+        code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(out), *extra)
+        assert code == 2 and len(err) == 1 and name in err[0], err
+        assert snapshot(out) == before
+
+
+def test_overwrite_deletes_only_the_runs_own_files_and_keeps_the_users(run_copy, capsys):
+    (run_copy / "notes.txt").write_text("keep me")
+    (run_copy / "checkpoints" / "keep.txt").write_text("mine too")
+    before = snapshot(run_copy)
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(run_copy), "--overwrite")
+    assert code == 2 and "checkpoints/keep.txt" in err[0] and snapshot(run_copy) == before
+    (run_copy / "checkpoints" / "keep.txt").unlink()
+    with open(run_copy / "history.csv", "a") as f:
+        f.write("a line the user added\n")  # changed since jaxnets wrote it: no longer provably ours
+    before = snapshot(run_copy)
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(run_copy), "--overwrite")
+    assert code == 2 and "history.csv" in err[0] and snapshot(run_copy) == before
+    (run_copy / "history.csv").unlink()
+    assert run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(run_copy), "--overwrite")[0] == 0
+    assert (run_copy / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (run_copy / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_a_second_run_without_resume_or_overwrite_is_refused(run_copy, capsys):
+    before = snapshot(run_copy)
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "3", "--out", str(run_copy))
+    assert code == 2 and len(err) == 1 and "--resume" in err[0] and "--overwrite" in err[0]
+    assert snapshot(run_copy) == before
+
+
+def test_a_refused_resume_for_another_model_changes_nothing(run_copy, capsys):
+    before = snapshot(run_copy)
+    code, err = run_main(capsys, "train", "--model", "mlp", "--data", "digits", "--size", "8", "--channels", "1",
+                         "--quiet", "--epochs", "3", "--out", str(run_copy), "--resume")
+    assert code == 2 and len(err) == 1 and "cannot resume" in err[0] and "model" in err[0]
+    assert snapshot(run_copy) == before  # config.json included
+
+
+def test_a_failed_start_leaves_no_directory_behind(tmp_path, capsys):
+    out = tmp_path / "never"
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--data", str(tmp_path / "no_such_folder"),
+                         "--out", str(out))
+    assert code == 2 and len(err) == 1
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- integrity
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(0, len(data), max(1, len(data) // 16)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "missing", "added"])
+def test_a_damaged_checkpoint_is_refused_everywhere_naming_the_file(run_copy, tmp_path, capsys, damage):
+    step = _best_step(run_copy)
+    target = _largest_array_file(step)
+    if damage == "flipped":
+        _corrupt(target)
+    elif damage == "truncated":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif damage == "missing":
+        target.unlink()
+    else:
+        target = step / "model" / "extra.bin"
+        target.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=target.name):
+        Predictor.from_checkpoint(run_copy)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    for argv in (["predict", "--checkpoint", str(run_copy), str(image)],
+                 ["evaluate", "--checkpoint", str(run_copy), "--data", "digits"],
+                 [*RUN_ARGS, "--epochs", "3", "--out", str(run_copy), "--resume"]):
+        before = snapshot(run_copy)
+        code, err = run_main(capsys, *argv)
+        assert code == 2 and len(err) == 1 and target.name in err[0], (argv, err)
+        assert snapshot(run_copy) == before
+
+
+def test_package_refuses_a_damaged_checkpoint_and_stores_nothing(run_copy, tmp_path):
+    _corrupt(_largest_array_file(_best_step(run_copy)))
+    home = tmp_path / "bentoml"
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    out = _cli("package", "--checkpoint", str(run_copy), env=env)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "corrupted" in out.stderr
+    assert not list((home / "models").rglob("*.json")) if (home / "models").exists() else True
+
+
+@pytest.mark.parametrize("kind", ["link_to_private_file", "link_to_dev_zero", "fifo"])
+def test_links_and_special_files_inside_a_checkpoint_are_refused_not_followed(run_copy, tmp_path, kind):
+    step = _best_step(run_copy)
+    target = _largest_array_file(step)
+    target.unlink()
+    if kind == "link_to_private_file":
+        private = tmp_path / "secret.txt"
+        private.write_text("private")
+        target.symlink_to(private)
+    elif kind == "link_to_dev_zero":
+        target.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(target)
+    with pytest.raises(CheckpointError, match=r"link|not a regular file"):
+        Predictor.from_checkpoint(run_copy)
+    from jaxnets.serving.package import package_checkpoint
+
+    with pytest.raises(CheckpointError):
+        package_checkpoint(run_copy)
+
+
+def test_a_linked_or_broken_model_card_is_refused(run_copy, tmp_path, capsys):
+    card = run_copy / "checkpoints" / "model_card.json"
+    text = card.read_text()
+    card.write_text(text[: len(text) // 2])
+    code, err = run_main(capsys, "predict", "--checkpoint", str(run_copy), str(card))
+    assert code == 2 and "not valid JSON" in err[0]
+    card.unlink()
+    card.symlink_to("/dev/zero")
+    code, err = run_main(capsys, "predict", "--checkpoint", str(run_copy), str(card))
+    assert code == 2 and "symbolic link" in err[0]
+
+
+def test_non_finite_weights_give_an_error_not_nan_probabilities(trained, tmp_path, capsys):
+    import jax
+
+    predictor = Predictor.from_checkpoint(trained)
+    predictor.variables = jax.tree.map(lambda a: a * np.nan, predictor.variables)
+    from jaxnets.predict import NonFiniteOutputError
+
+    with pytest.raises(NonFiniteOutputError, match="non-finite"):
+        predictor.predict([np.zeros((8, 8), np.uint8)])
+
+
+# ---------------------------------------------------------------------------------------------- mistakes
+
+@pytest.mark.parametrize("args, says", [
+    (["--batch-size", "0"], "batch_size"), (["--batch-size", "-4"], "batch_size"), (["--lr", "0"], "lr"),
+    (["--lr", "-0.1"], "lr"), (["--lr", "nan"], "lr"), (["--epochs", "0"], "epochs"),
+    (["--size", "0"], "size"), (["--model", "lenet5", "--size", "8"], "smallest input"),
+    (["--val-split", "0.6", "--test-split", "0.5"], "val_split"), (["--optimizer", "rmsprop", "--nesterov"],
+                                                                   "nesterov"),
+    (["--label-smoothing", "1"], "label_smoothing"), (["--patience", "0"], "patience"), (["--seed", "-1"], "seed"),
+    (["--resume", "--overwrite"], "not both"), (["--optimizer", "lion"], "invalid choice"),
+    (["--batch-size", "many"], "invalid int"),
+])
+def test_a_training_mistake_is_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys, args, says):
+    out = tmp_path / "out"
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(out), *args)
+    assert code == 2 and len(err) == 1 and says in err[0], err
+    assert not out.exists()
+
+
+def test_an_output_inside_a_file_or_unwritable_place_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    for out in (afile, afile / "run", Path("/proc/jaxnets-run")):
+        code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(out))
+        assert code == 2 and len(err) == 1 and str(out.parent if out.parent == afile else out) in err[0], err
+    assert afile.read_text() == "x"
+
+
+@pytest.mark.parametrize("which, says", [("nope", "'best', 'latest' or an epoch"), ("0", "epoch number"),
+                                         ("99", "no checkpoint of epoch 99")])
+def test_which_is_checked_with_a_one_line_answer(trained, tmp_path, capsys, which, says):
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    code, err = run_main(capsys, "predict", "--checkpoint", str(trained), "--which", which, str(image))
+    assert code == 2 and len(err) == 1 and says in err[0], err
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    code, err = run_main(capsys, "evaluate", "--checkpoint", str(tmp_path / "nothing"), "--data", "digits")
+    assert code == 2 and len(err) == 1 and "not a jaxnets checkpoint" in err[0]
+
+
+def test_ctrl_c_says_where_it_stopped_and_how_to_resume_then_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "lenet5", "--data", "digits", "--epochs", "4", "--batch-size", "8", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "jaxnets", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "checkpoints" / "1" / "jaxnets_checksums.json").exists() and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside epoch 2
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "interrupted in epoch" in last and "latest checkpoint is epoch 1" in last and "--resume" in last
+    resume = last.split("Resume with: ")[1].split()
+    assert resume[0] == "jaxnets" and resume[-1] == "--resume"
+    done = _cli(*resume[1:])
+    assert done.returncode == 0, done.stderr
+    import json
+
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2, 3, 4]
