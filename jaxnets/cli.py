@@ -88,7 +88,11 @@ def _add_train(sub) -> None:
 def _model_options(args) -> dict:
     opts = {}
     if args.hidden_sizes:
-        opts["hidden_sizes"] = [int(s) for s in args.hidden_sizes.split(",")]
+        sizes = args.hidden_sizes.split(",")
+        if not all(x.strip().isdecimal() for x in sizes):
+            raise ValueError(f"--hidden-sizes takes comma-separated whole numbers such as 256,64, not "
+                             f"{args.hidden_sizes!r}")
+        opts["hidden_sizes"] = [int(x) for x in sizes]
     if args.activation:
         acts = args.activation.split(",")
         opts["activation"] = acts[0] if len(acts) == 1 else acts

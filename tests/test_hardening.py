@@ -247,7 +247,9 @@ def test_non_finite_weights_give_an_error_not_nan_probabilities(trained, tmp_pat
                                                                    "nesterov"),
     (["--label-smoothing", "1"], "label_smoothing"), (["--patience", "0"], "patience"), (["--seed", "-1"], "seed"),
     (["--resume", "--overwrite"], "not both"), (["--optimizer", "lion"], "invalid choice"),
-    (["--batch-size", "many"], "invalid int"),
+    (["--batch-size", "many"], "invalid int"), (["--labels", ","], "labels"),
+    (["--model", "mlp", "--hidden-sizes", "a,b"], "--hidden-sizes"), (["--init", "nope"], "init"),
+    (["--model", "alexnet", "--dropout-rate", "2"], "dropout_rate"), (["--momentum", "1.5"], "momentum"),
 ])
 def test_a_training_mistake_is_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys, args, says):
     out = tmp_path / "out"

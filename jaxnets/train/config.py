@@ -10,7 +10,7 @@ from typing import Any
 from ..data.augment import get_augment
 from ..data.loader import DEFAULT_MEMORY_BUDGET
 from ..data.preprocess import NORMALIZATIONS, RESIZE_MODES, PreprocessSpec
-from ..models import get_entry
+from ..models import create_model, get_entry
 from ..models.layers import choose
 from .optim import OptimConfig
 
@@ -88,6 +88,10 @@ class TrainConfig:
         if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
             raise ValueError(f"min_delta must be ≥ 0, got {self.min_delta!r}")
         _positive_int("memory_budget", self.memory_budget)
+        if self.labels is not None and (not all(isinstance(x, str) and x.strip() for x in self.labels)
+                                        or len(set(self.labels)) != len(self.labels)):
+            raise ValueError(f"labels must be distinct, non-empty names, got {self.labels!r}")
+        create_model(self.model, 2, **self.model_options, dtype=self.dtype)  # options checked, nothing initialised
         if self.resume and self.overwrite:
             raise ValueError("resume continues a run and overwrite deletes it: pass one of them, not both")
         self.optim.validate()
