@@ -8,8 +8,6 @@ import logging
 import shlex
 import sys
 
-from .models import get_entry, list_models
-
 EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 
@@ -36,71 +34,38 @@ def _which(text: str):
 
 
 def _add_train(sub) -> None:
+    from .options import add_config_arguments
+    from .train.config import TrainConfig
+
     p = sub.add_parser("train", help="train a model; keeps the best and latest checkpoints",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Train a registered model on a dataset. Example: "
                                    "jaxnets train --model lenet5 --data digits --out runs/digits")
-    p.add_argument("--model", default="lenet5", choices=list_models(), help="model name")
-    p.add_argument("--data", default="digits",
-                   help="'digits', 'tfds:NAME', or a folder (class folders, train/val/test folders, MNIST IDX files, "
-                        "or one flat folder labelled by file name)")
-    p.add_argument("--data-dir", default=None, help="TFDS data directory")
-    p.add_argument("--labels", default=None, help="comma-separated labels for a flat folder, e.g. cat,dog")
-    p.add_argument("--val-split", type=float, default=0.1, help="fraction carved out for validation")
-    p.add_argument("--test-split", type=float, default=0.1, help="fraction carved out for test")
-    p.add_argument("--size", type=int, default=None, help="input height=width (default: the model's)")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grey, 3 RGB (default: the model's)")
-    p.add_argument("--resize", default="stretch", choices=("stretch", "crop", "pad"),
-                   help="stretch to size, shorter side + centre crop, or pad (MNIST 28 → 32)")
-    p.add_argument("--normalize", default=None, choices=("none", "half", "imagenet"),
-                   help="pixel normalisation (default: the model's)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", default="adam", choices=("sgd", "momentum", "adam", "adamw", "rmsprop"))
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--schedule", default="constant", choices=("constant", "cosine", "warmup_cosine", "step", "plateau"))
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="for warmup_cosine")
-    p.add_argument("--momentum", type=float, default=0.9, help="for momentum (and rmsprop with --nesterov)")
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--clip-norm", type=float, default=None, help="clip gradients to this global norm")
-    p.add_argument("--loss", default="auto", choices=("auto", "bce", "softmax"),
-                   help="auto: one logit + BCE for 2 classes, softmax cross-entropy otherwise")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--augment", default="none", help="augmentation preset: none, flip, light, classic")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
-    p.add_argument("--hidden-sizes", default=None, help="MLP hidden sizes, e.g. 256,64")
-    p.add_argument("--activation", default=None, help="MLP activation(s): relu or relu,tanh,…")
-    p.add_argument("--init", default=None, help="MLP init: he, xavier, lecun, small, zeros")
-    p.add_argument("--dropout-rate", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/latest", help="run directory (checkpoints, history, plots, metrics)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds checkpoints")
-    p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
-    p.add_argument("--min-delta", type=float, default=0.0)
-    p.add_argument("--monitor", default="val_accuracy", choices=("val_accuracy", "val_loss", "train_accuracy",
-                                                                 "train_loss"))
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add_config_arguments(p, TrainConfig)
     p.set_defaults(func=_train)
 
 
-def _model_options(args) -> dict:
-    opts = {}
-    if args.hidden_sizes:
-        sizes = args.hidden_sizes.split(",")
-        if not all(x.strip().isdecimal() for x in sizes):
-            raise ValueError(f"--hidden-sizes takes comma-separated whole numbers such as 256,64, not "
-                             f"{args.hidden_sizes!r}")
-        opts["hidden_sizes"] = [int(x) for x in sizes]
-    if args.activation:
-        acts = args.activation.split(",")
-        opts["activation"] = acts[0] if len(acts) == 1 else acts
-    if args.init:
-        opts["init"] = args.init
-    if args.dropout_rate is not None:
-        opts["dropout_rate"] = args.dropout_rate
+def _model_options(given: dict) -> dict:
+    """Model options as create_model takes them: one activation is a name, several are a list."""
+    opts = dict(given)
+    if isinstance(opts.get("activation"), list) and len(opts["activation"]) == 1:
+        opts["activation"] = opts["activation"][0]
     return opts
+
+
+def _train_config(args):
+    """(config, announce): the typed options over the defaults, or, with --resume, over the saved run's config;
+    `announce` prints what changed once the resume is accepted."""
+    from .options import given
+    from .train.config import TrainConfig, changes, from_options, saved_config
+
+    top, nested, model = given(args, TrainConfig)
+    if "hidden_sizes" in model and not model["hidden_sizes"]:
+        raise ValueError("--hidden-sizes takes comma-separated whole numbers such as 256,64")
+    saved = saved_config(top.get("out", TrainConfig.out)) if top.get("resume") else None
+    cfg = from_options(top, nested.get("optim", {}), _model_options(model), base=saved)
+    diff = changes(saved, cfg) if saved is not None else []
+    note = f"resuming {cfg.out}" + (f" with {'; '.join(diff)}" if diff else " with its saved options")
+    return cfg, (lambda: print(note, file=sys.stderr)) if saved is not None else None
 
 
 def _resume_command(argv: list[str]) -> str:
@@ -110,24 +75,13 @@ def _resume_command(argv: list[str]) -> str:
 
 def _train(args) -> int:
     from .sharding import maybe_initialize_distributed
-    from .train import NonFiniteLossError, OptimConfig, TrainConfig, TrainingInterrupted, fit
+    from .train import NonFiniteLossError, TrainingInterrupted, fit
 
-    get_entry(args.model)
+    cfg, announce = _train_config(args)
+    cfg.validate()
     maybe_initialize_distributed()  # multi-host only when JAX_COORDINATOR_ADDRESS / JAXNETS_DISTRIBUTED=1 is set
-    cfg = TrainConfig(
-        model=args.model, data=args.data, out=args.out, model_options=_model_options(args), size=args.size,
-        channels=args.channels, resize=args.resize, normalize=args.normalize, val_split=args.val_split,
-        test_split=args.test_split, labels=args.labels.split(",") if args.labels else None, data_dir=args.data_dir,
-        epochs=args.epochs, batch_size=args.batch_size,
-        optim=OptimConfig(optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, momentum=args.momentum,
-                          nesterov=args.nesterov, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
-                          warmup_epochs=args.warmup_epochs),
-        loss=args.loss, label_smoothing=args.label_smoothing, augment=args.augment, dtype=args.dtype,
-        seed=args.seed, resume=args.resume, overwrite=args.overwrite, patience=args.patience,
-        min_delta=args.min_delta, monitor=args.monitor, quiet=args.quiet,
-    )
     try:
-        result = fit(cfg)
+        result = fit(cfg, on_start=announce)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED

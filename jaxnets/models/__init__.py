@@ -20,11 +20,21 @@ from .mlp import MLP
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .vgg import VGG, VGG_CONFIGS
 
-__all__ = ["ModelEntry", "create_model", "get_entry", "list_models"]
+__all__ = ["MODEL_OPTIONS", "ModelEntry", "create_model", "get_entry", "list_models"]
 
 # Option names users type that differ from the module field that holds them.
 _ALIASES = {"init": "weight_init"}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# Every option a registered model takes (but dtype, which is the run's): its value kind and help. The CLI
+# makes one flag of each; a test checks that no model option lacks an entry here.
+MODEL_OPTIONS: dict[str, tuple[str, str]] = {
+    "hidden_sizes": ("ints", "MLP hidden layer sizes, e.g. 256,64"),
+    "activation": ("strs", f"activation, or one per layer (MLP), of: {', '.join(sorted(ACTIVATIONS))}"),
+    "init": ("str", f"MLP weight initialisation, of: {', '.join(sorted(INITIALIZERS))}"),
+    "dropout_rate": ("float", "dropout rate of the dense layers (MLP, AlexNet, VGG)"),
+    "zero_init_residual": ("bool", "ResNet: start each residual branch at zero (last BN scale = 0)"),
+}
 
 
 @dataclass(frozen=True)

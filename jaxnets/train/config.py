@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..data.augment import get_augment
+from ..data.augment import PRESETS, get_augment
 from ..data.loader import DEFAULT_MEMORY_BUDGET
 from ..data.preprocess import NORMALIZATIONS, RESIZE_MODES, PreprocessSpec
-from ..models import create_model, get_entry
+from ..models import create_model, get_entry, list_models
 from ..models.layers import choose
 from .optim import OptimConfig
 
@@ -19,37 +22,50 @@ MONITORS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 DTYPES = ("float32", "bfloat16")
 
 
+def option(default: Any, help: str, choices: Callable[[], Any] | None = None) -> Any:
+    """A config field with what the command line needs to know about it: help, choices (from the registries)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": True})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. Saved as config.json; `resume` reads the same run back."""
+    """Everything that defines a run. Saved as config.json; `resume` reads the same run back.
+    The `jaxnets train` options are generated from these fields (jaxnets/options.py)."""
 
-    model: str = "lenet5"
-    data: str = "digits"
-    out: str = "runs/latest"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    size: int | None = None  # None: the model's default input (registry)
-    channels: int | None = None
-    resize: str = "stretch"
-    normalize: str | None = None
-    val_split: float = 0.1
-    test_split: float = 0.1
-    labels: list[str] | None = None
-    data_dir: str | None = None
-    epochs: int = 10
-    batch_size: int = 64
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: str = "auto"  # auto (binary BCE for 2 classes, else softmax CE) | bce | softmax
-    label_smoothing: float = 0.0
-    augment: str = "none"
-    dtype: str = "float32"
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False  # start afresh in an `out` that holds an earlier jaxnets run (its files are deleted)
-    patience: int | None = None
-    min_delta: float = 0.0
-    monitor: str = "val_accuracy"
-    quiet: bool = False
-    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    model: str = option("lenet5", "model name", choices=list_models)
+    data: str = option("digits", "'digits', 'tfds:NAME', or a folder (class folders, train/val/test folders, MNIST "
+                                 "IDX files, or one flat folder labelled by file name)")
+    out: str = option("runs/latest", "run directory (checkpoints, history, plots, metrics)")
+    # mutable defaults are plain dataclass fields (ruff RUF009); model options have flags of their own
+    model_options: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+    size: int | None = option(None, "input height = width (default: the model's)")
+    channels: int | None = option(None, "1 grey, 3 RGB (default: the model's)", choices=lambda: (1, 3))
+    resize: str = option("stretch", "stretch to size, shorter side + centre crop, or pad (MNIST 28 → 32)",
+                         choices=lambda: RESIZE_MODES)
+    normalize: str | None = option(None, "pixel normalisation (default: the model's)", choices=lambda: NORMALIZATIONS)
+    val_split: float = option(0.1, "fraction carved out for validation when the data has no val split")
+    test_split: float = option(0.1, "fraction carved out for test when the data has no test split")
+    labels: list[str] | None = field(default=None, metadata={"help": "labels of a flat folder named by file, e.g. "
+                                                                     "cat,dog", "cli": True})
+    data_dir: str | None = option(None, "TFDS data directory")
+    epochs: int = option(10, "epochs to train")
+    batch_size: int = option(64, "examples per step")
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"cli": True})  # its fields are options
+    loss: str = option("auto", "auto: one logit + BCE for 2 classes, softmax cross-entropy otherwise",
+                       choices=lambda: LOSSES)
+    label_smoothing: float = option(0.0, "label smoothing for the softmax loss")
+    augment: str = option("none", "augmentation preset (run inside the jitted step)", choices=lambda: PRESETS)
+    dtype: str = option("float32", "compute dtype (parameters stay float32)", choices=lambda: DTYPES)
+    seed: int = option(0, "seed of the splits, the initialisation, the shuffling and the augmentation")
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint, with its saved options "
+                                 "(options given now replace them)")
+    overwrite: bool = option(False, "start again in an --out holding an earlier jaxnets run (deletes that run's "
+                                    "files, and only them)")
+    patience: int | None = option(None, "early stopping: epochs without improvement of --monitor")
+    min_delta: float = option(0.0, "smallest change of --monitor that counts as an improvement")
+    monitor: str = option("val_accuracy", "metric that picks the best checkpoint", choices=lambda: MONITORS)
+    quiet: bool = option(False, "no progress bars or per-epoch lines")
+    memory_budget: int = option(DEFAULT_MEMORY_BUDGET, "bytes of decoded images kept in memory; above it, stream")
 
     def preprocess_spec(self) -> PreprocessSpec:
         entry = get_entry(self.model)
@@ -102,6 +118,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The inverse of to_dict (config.json); unknown keys are an error, not silently dropped."""
         d = dict(d)
         optim = d.pop("optim", {}) or {}
         optim = {**optim, "step_epochs": tuple(optim.get("step_epochs", ()))}
@@ -116,3 +133,43 @@ def _positive_int(name: str, value: Any) -> None:
 def _fraction(name: str, value: Any) -> None:
     if not (isinstance(value, (int, float)) and 0 <= value < 1):
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+# options that say how or where to run, not what the run is: never reported as a change on resume
+_HOW_TO_RUN = ("resume", "overwrite", "quiet", "out")
+
+
+def from_options(top: dict[str, Any], optim: dict[str, Any], model_options: dict[str, Any],
+                 base: TrainConfig | None = None) -> TrainConfig:
+    """`base` (default: the defaults) with the given options replacing its values."""
+    base = base or TrainConfig()
+    merged_model = {**base.model_options, **model_options}
+    return dataclasses.replace(base, **top, optim=dataclasses.replace(base.optim, **optim),
+                               model_options=merged_model)
+
+
+def saved_config(out: str | Path) -> TrainConfig | None:
+    """The config.json of the run in `out`, or None when there is none yet."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path} cannot be read back ({e}); resume needs the run's own config") from None
+
+
+def changes(before: TrainConfig, after: TrainConfig) -> list[str]:
+    """'name: old → new' for every option that differs (the how-to-run switches left out)."""
+    a, b = _flat(before.to_dict()), _flat(after.to_dict())
+    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in b if a.get(k) != b.get(k) and k not in _HOW_TO_RUN]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k == "optim":
+            out.update(_flat(v, ""))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -10,12 +10,16 @@ then allowed to write: a refused or failed start leaves the run directory as it 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,7 +230,31 @@ def _resume(cfg: TrainConfig, run: RunDir, prep: _Prepared) -> tuple[TrainState,
     return state, meta["history"], int(meta["epoch"])
 
 
-def _train_epoch(cfg: TrainConfig, prep: _Prepared, state: TrainState, epoch: int, quiet: bool, progress: list):
+@contextlib.contextmanager
+def _stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """Ctrl-C sets an event that the loop checks at every step boundary, so that a stop never lands inside an
+    orbax save, and is never swallowed (Python drops a KeyboardInterrupt raised inside a garbage-collector
+    callback, and JAX has one). A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN, None):
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train_epoch(cfg: TrainConfig, prep: _Prepared, state: TrainState, epoch: int, quiet: bool, progress: list,
+                 stop: threading.Event):
     """One epoch of training steps → (state, train means, seconds). `progress` holds the step reached, so that
     an interruption can say where it stopped."""
     t0 = time.perf_counter()
@@ -235,6 +263,8 @@ def _train_epoch(cfg: TrainConfig, prep: _Prepared, state: TrainState, epoch: in
     bar = tqdm(loader.epoch(epoch), total=loader.steps_per_epoch, disable=quiet, leave=False,
                desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
     for step, batch in enumerate(bar, 1):
+        if stop.is_set():
+            raise KeyboardInterrupt
         progress[:] = [epoch + 1, step]
         state, sums = prep.train_step(state, batch)
         losses.append(sums["loss_sum"])
@@ -293,6 +323,41 @@ def _final_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, checkpoints: C
     return metrics
 
 
+@dataclass
+class _Loop:
+    """What the epochs of one run share."""
+
+    cfg: TrainConfig
+    run: RunDir
+    prep: _Prepared
+    checkpoints: Checkpoints
+    quiet: bool
+    stop: threading.Event
+    progress: list
+
+
+def _run_epochs(loop: _Loop, state: TrainState, history: list[dict[str, float]], start_epoch: int,
+                best: _Best) -> TrainState:
+    """Train, validate, checkpoint and record each epoch; stops early on patience, or after saving on Ctrl-C."""
+    cfg, prep = loop.cfg, loop.prep
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.patience is not None and best.waited >= cfg.patience:
+            break
+        state, train, seconds = _train_epoch(cfg, prep, state, epoch, loop.quiet, loop.progress, loop.stop)
+        row = _epoch_row(prep, state, epoch, train, seconds)
+        history.append(row)
+        best.update(row[cfg.monitor], epoch + 1)
+        loop.checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history},
+                              {cfg.monitor: row[cfg.monitor]})
+        write_model_card(loop.run.checkpoints, {**prep.card, "best": best.card(cfg.monitor)})
+        _write_history(loop.run, history)
+        _print_epoch(cfg, row)
+        if loop.stop.is_set():  # Ctrl-C during validation or saving: the epoch is complete and saved
+            loop.progress[:] = [epoch + 1, prep.train_loader.steps_per_epoch]
+            raise KeyboardInterrupt
+    return state
+
+
 def _interrupted(cfg: TrainConfig, progress: list, checkpoints: Checkpoints) -> TrainingInterrupted:
     epoch, step = progress or (0, 0)
     latest = checkpoints.latest_step()
@@ -301,8 +366,9 @@ def _interrupted(cfg: TrainConfig, progress: list, checkpoints: Checkpoints) -> 
     return TrainingInterrupted(f"interrupted {where}; {saved}")
 
 
-def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
-    """Train `cfg.model` on `cfg.data` (or the given splits); see the module docstring for what is written."""
+def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], None] | None = None) -> FitResult:
+    """Train `cfg.model` on `cfg.data` (or the given splits); see the module docstring for what is written.
+    `on_start` is called once the start is accepted (data read, a resumed state restored), before epoch one."""
     cfg.validate()
     run = RunDir(cfg.out)
     run.check(cfg.resume, cfg.overwrite)
@@ -310,6 +376,8 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
     prep = _prepare(cfg, splits, quiet)
     state, history, start_epoch = _resume(cfg, run, prep)
     run.claim(cfg.overwrite)
+    if on_start is not None:
+        on_start()
     run.write("config.json", json.dumps(cfg.to_dict(), indent=2, default=list))
     checkpoints = Checkpoints(run.checkpoints, cfg.monitor)
     best = _Best(checkpoints.mode, cfg.min_delta)
@@ -318,20 +386,11 @@ def fit(cfg: TrainConfig, splits: Splits | None = None) -> FitResult:
     write_model_card(run.checkpoints, {**prep.card, "best": best.card(cfg.monitor)})
     progress: list = []
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if cfg.patience is not None and best.waited >= cfg.patience:
-                break
-            state, train, seconds = _train_epoch(cfg, prep, state, epoch, quiet, progress)
-            row = _epoch_row(prep, state, epoch, train, seconds)
-            history.append(row)
-            best.update(row[cfg.monitor], epoch + 1)
-            checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history},
-                             {cfg.monitor: row[cfg.monitor]})
-            write_model_card(run.checkpoints, {**prep.card, "best": best.card(cfg.monitor)})
-            _write_history(run, history)
-            _print_epoch(cfg, row)
-        metrics = _final_report(cfg, run, prep, checkpoints, state, best)
-        best_epoch = checkpoints.best_step()
+        with _stop_on_ctrl_c() as stop:
+            state = _run_epochs(_Loop(cfg, run, prep, checkpoints, quiet, stop, progress), state, history,
+                                start_epoch, best)
+            metrics = _final_report(cfg, run, prep, checkpoints, state, best)
+            best_epoch = checkpoints.best_step()
     except KeyboardInterrupt:
         raise _interrupted(cfg, progress, checkpoints) from None
     finally:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import optax
@@ -16,20 +17,27 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "plateau")
 
 
+def _option(default: Any, help: str, choices: Callable[[], Any] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": True})
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    schedule: str = "constant"
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    clip_norm: float | None = None
-    warmup_epochs: float = 1.0
-    step_epochs: tuple[int, ...] = ()  # "step" schedule: epochs where lr is multiplied by step_factor
-    step_factor: float = 0.1
-    plateau_patience: int = 2
-    plateau_factor: float = 0.5
+    """The optimizer and its learning-rate schedule; each field is a `jaxnets train` option."""
+
+    optimizer: str = _option("adam", "optimizer", choices=lambda: OPTIMIZERS)
+    lr: float = _option(1e-3, "peak learning rate")
+    schedule: str = _option("constant", "learning-rate schedule", choices=lambda: SCHEDULES)
+    momentum: float = _option(0.9, "momentum of the momentum optimizer")
+    nesterov: bool = _option(False, "Nesterov momentum (momentum optimizer)")
+    weight_decay: float = _option(0.0, "weight decay (decoupled for adamw)")
+    clip_norm: float | None = _option(None, "clip gradients to this global norm")
+    warmup_epochs: float = _option(1.0, "warm-up epochs of warmup_cosine")
+    step_epochs: tuple[int, ...] = _option((), "epochs where the step schedule multiplies lr by --step-factor "
+                                               "(default: at 1/3 and 2/3 of the run)")
+    step_factor: float = _option(0.1, "factor of the step schedule")
+    plateau_patience: int = _option(2, "epochs without a lower loss before the plateau schedule cuts lr")
+    plateau_factor: float = _option(0.5, "factor of the plateau schedule")
 
     def validate(self) -> None:
         """Refuse values that would train nothing or diverge by construction, with the option's name."""

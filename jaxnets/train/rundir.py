@@ -3,6 +3,8 @@
 Rule: jaxnets deletes or overwrites only files it can prove it wrote, and deletes only with `overwrite`.
 The proof is `.jaxnets-run.json`, written when a run claims the directory and updated on every write:
 the SHA-256 of each run file (config.json, history.*, curves.png, metrics.json) as jaxnets wrote it.
+A write records the new digest beside the old one first, replaces the file, then keeps only the new one,
+so a kill at any instant leaves a file that matches its record.
 Checkpoint steps carry their own checksums (see `checkpoint.py`), which prove them ours the same way.
 
 A start is checked first (`check`, read-only), prepared (data, model; may fail), and only then does it
@@ -54,22 +56,23 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------ ownership
 
-    def _marker(self) -> dict[str, str] | None:
-        """{file name: sha256} of the run files jaxnets wrote here, or None if no jaxnets run owns the folder."""
+    def _marker(self) -> dict[str, list[str]] | None:
+        """{file name: [sha256, …]} of the run files jaxnets wrote here, or None if no jaxnets run owns the folder."""
         marker = self.path / MARKER
         if marker.is_symlink() or not marker.is_file():
             return None
         try:
             files = json.loads(marker.read_text())["files"]
-        except (ValueError, KeyError, TypeError):
+            assert all(isinstance(v, list) and all(isinstance(d, str) for d in v) for v in files.values())
+        except (ValueError, KeyError, TypeError, AttributeError, AssertionError):
             raise RunDirError(f"{marker} is damaged; cannot tell which files of {self.path} jaxnets wrote") from None
-        return files if isinstance(files, dict) else None
+        return files
 
-    def _is_ours(self, name: str, recorded: dict[str, str] | None) -> bool:
+    def _is_ours(self, name: str, recorded: dict[str, list[str]] | None) -> bool:
         path = self.path / name
         if recorded is None or name not in recorded or path.is_symlink() or not path.is_file():
             return False
-        return _digest(path.read_bytes()) == recorded[name]
+        return _digest(path.read_bytes()) in recorded[name]
 
     def _foreign_checkpoint_entry(self, owned: bool) -> Path | None:
         """The first entry of checkpoints/ that is not a jaxnets step, card or orbax temporary folder of ours."""
@@ -138,7 +141,7 @@ class RunDir:
             recorded = {}
         self._save_marker(recorded or {})
 
-    def _save_marker(self, files: dict[str, str]) -> None:
+    def _save_marker(self, files: dict[str, list[str]]) -> None:
         tmp = self.path / f".{MARKER}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"jaxnets_run": 1, "files": files}, indent=1))
         tmp.replace(self.path / MARKER)
@@ -154,7 +157,9 @@ class RunDir:
         if (path.exists() or path.is_symlink()) and not self._is_ours(name, recorded):
             raise RunDirError(f"{path} was changed by someone else during the run; refusing to overwrite it")
         data = data.encode() if isinstance(data, str) else data
+        digest = _digest(data)
         tmp = self.path / f".{name}.{os.getpid()}.tmp"
         tmp.write_bytes(data)
+        self._save_marker({**recorded, name: [*recorded.get(name, [])[-1:], digest]})
         tmp.replace(path)
-        self._save_marker({**recorded, name: _digest(data)})
+        self._save_marker({**recorded, name: [digest]})
