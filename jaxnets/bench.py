@@ -49,7 +49,7 @@ def bench_step(mode: str, model_name: str, batch: int, size: int, channels: int 
                dtype: str = "float32", steps: int = 20, warmup: int = 3, num_classes: int | None = None,
                lr: float | None = None, options: dict | None = None) -> dict[str, Any]:
     """Time `steps` train or predict steps on one synthetic batch already on the device."""
-    from . import compile_options
+    from . import runtime
     from .data.preprocess import PreprocessSpec
     from .models import get_entry
     from .train import OptimConfig, StepConfig, create_state, make_optimizer, make_train_step, probabilities
@@ -74,7 +74,7 @@ def bench_step(mode: str, model_name: str, batch: int, size: int, channels: int 
             s, metrics = step(s, data)
             return s, metrics["loss_sum"]
     else:
-        apply = compile_options.jit(lambda v, x: probabilities(forward(model, spec)(v, x), binary), model)
+        apply = runtime.jit(lambda v, x: probabilities(forward(model, spec)(v, x), binary))
 
         def run(s):
             return s, apply(s.variables, data["image"])

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import compile_options
+from . import runtime
 from .checkpoint import Checkpoints, find_checkpoint_dir, read_model_card
 from .data.preprocess import DEFAULT_MAX_PIXELS, ImageLike, PreprocessSpec, to_pixels
 from .models import create_model
@@ -54,7 +54,7 @@ class Predictor:
         self.buckets = tuple(sorted(set(buckets)))
         self.max_pixels = max_pixels
         apply = forward(model, self.spec)
-        self._probabilities = compile_options.jit(lambda v, images: probabilities(apply(v, images), self.binary), model)
+        self._probabilities = runtime.jit(lambda v, images: probabilities(apply(v, images), self.binary))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, which: str | int = "best", **kwargs) -> Predictor:

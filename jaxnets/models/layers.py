@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -91,49 +90,3 @@ def avg_pool2(x: Array) -> Array:
 
 def flatten(x: Array) -> Array:
     return x.reshape(x.shape[0], -1)
-
-
-_NHWC = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
-
-
-@jax.custom_vjp
-def _shifted_slices_conv(lhs: Array, rhs: Array) -> Array:
-    kh, kw = rhs.shape[:2]
-    h, w = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
-    image, kernel = lhs[..., 0].astype(jnp.float32), rhs[:, :, 0, :].astype(jnp.float32)
-    out = sum(image[:, dy:dy + h, dx:dx + w, None] * kernel[dy, dx] for dy in range(kh) for dx in range(kw))
-    return out.astype(lhs.dtype)
-
-
-def _lax_valid_conv(lhs: Array, rhs: Array) -> Array:
-    return jax.lax.conv_general_dilated(lhs, rhs, (1, 1), "VALID", dimension_numbers=_NHWC)
-
-
-def _shifted_slices_fwd(lhs, rhs):
-    return _shifted_slices_conv(lhs, rhs), (lhs, rhs)
-
-
-def _shifted_slices_bwd(residuals, g):
-    # XLA's own gradient is fast for this shape; only its forward is slow. Its unused forward is dead code.
-    return jax.vjp(_lax_valid_conv, *residuals)[1](g)
-
-
-_shifted_slices_conv.defvjp(_shifted_slices_fwd, _shifted_slices_bwd)
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`lax.conv_general_dilated`, except one case XLA:CPU runs at ~5 GFLOP/s: a stride-1 VALID
-    convolution of a one-channel NHWC image (LeNet-5's first layer). That one is a sum of kh·kw shifted
-    slices times a per-channel weight, one fused loop — 6× faster forward on a batch of 64 digits,
-    the same function to float rounding. Pass it as `nn.Conv(conv_general_dilated=...)`: the
-    parameters stay exactly those of `nn.Conv`."""
-    ones = (None, (1, 1), [1, 1])
-    fast = (lhs.ndim == 4 and lhs.shape[-1] == 1 and tuple(window_strides) == (1, 1)
-            and (padding == "VALID" or all(tuple(p) == (0, 0) for p in padding))
-            and lhs_dilation in ones and rhs_dilation in ones and feature_group_count == 1
-            and precision is None and not kwargs and dimension_numbers == _NHWC)
-    if fast:
-        return _shifted_slices_conv(lhs, rhs)
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import ACTIVATIONS, avg_pool2, choose, conv_general_dilated, flatten
+from .layers import ACTIVATIONS, avg_pool2, choose, flatten
 
 
 class LeNet5(nn.Module):
@@ -23,9 +23,7 @@ class LeNet5(nn.Module):
     def __call__(self, x, train: bool = False):
         act = choose(ACTIVATIONS, self.activation, "activation")
         x = x.astype(self.dtype)
-        # conv_general_dilated: the one-channel first layer as shifted slices (see layers.py), same params.
-        conv1 = nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype, conv_general_dilated=conv_general_dilated)
-        x = avg_pool2(act(conv1(x)))
+        x = avg_pool2(act(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype)(x)))
         x = avg_pool2(act(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x)))
         x = flatten(x)
         x = act(nn.Dense(120, dtype=self.dtype)(x))

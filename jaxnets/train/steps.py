@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .. import compile_options
+from .. import runtime
 from ..data.augment import AugmentSpec, augment_batch
 from ..data.preprocess import PreprocessSpec, standardize
 from .metrics import loss_and_predictions, summed
@@ -76,7 +76,7 @@ def make_train_step(model, tx, cfg: StepConfig) -> Callable:
         )
         return new_state, summed(loss, preds, batch["label"], mask)
 
-    return compile_options.jit(train_step, model, donate_argnums=0)
+    return runtime.jit(train_step, donate_argnums=0)
 
 
 def make_eval_step(model, cfg: StepConfig) -> Callable:
@@ -88,4 +88,4 @@ def make_eval_step(model, cfg: StepConfig) -> Callable:
         loss, preds = loss_and_predictions(logits, batch["label"], cfg.binary, 0.0)
         return summed(loss, preds, batch["label"], batch["mask"], cfg.num_classes)
 
-    return compile_options.jit(eval_step, model)
+    return runtime.jit(eval_step)

@@ -1,0 +1,110 @@
+"""XLA:CPU speed options for jaxnets' own jitted steps; nothing here changes what a model computes.
+
+1. YNNPACK dots. XLA:CPU can hand each dot (and the dots its convolution rewrites produce, forward and
+   backward) to the YNNPACK library instead of its own emitted loops. Measured on the developers' 2-core
+   machines (BENCHMARKS.md, "What was tried"): a 3×3 64→64 convolution's forward+backward on 32×32 maps
+   184 ms → 43 ms, ResNet-18 training 1.6–2× faster; logistic regression's matrix-vector product, once
+   left on XLA's code, runs the same either way (Zen 5: 520k vs 527k images/s predict), so every step gets
+   them. They go to `jax.jit(..., compiler_options=...)` of our steps only, never to the process-wide
+   XLA_FLAGS. `JAXNETS_CPU_DOTS=xla` turns them off.
+2. Narrow convolutions. XLA:CPU runs a stride-1 VALID convolution of a one-channel image (LeNet-5's first
+   layer) at ~5 GFLOP/s. `with_narrow_convs` computes exactly that case as a sum of shifted slices (6×
+   faster forward on a batch of 64 digits, the same function to float rounding, lax's own backward),
+   by intercepting `nn.Conv` while a step is traced: the model and its parameters stay plain Flax.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+YNN_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+ENV = "JAXNETS_CPU_DOTS"
+_NHWC = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+
+@functools.cache
+def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib knows the options (they are experimental: a newer or older one may not)."""
+    try:
+        jax.jit(lambda a: a @ a, compiler_options=dict(options)).lower(jnp.ones((2, 2))).compile()
+        return True
+    except Exception:  # an unknown option or enum value is an XLA error
+        return False
+
+
+def compiler_options() -> dict[str, Any] | None:
+    """The options for our jitted CPU steps, or None for XLA's defaults."""
+    choice = os.environ.get(ENV, "ynn").lower()
+    if choice not in ("ynn", "xla"):
+        raise ValueError(f"{ENV} must be 'ynn' or 'xla', got {choice!r}")
+    if choice == "xla":
+        return None
+    return dict(YNN_DOTS) if _accepted(tuple(YNN_DOTS.items())) else None
+
+
+@jax.custom_vjp
+def _shifted_slices_conv(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    kh, kw = rhs.shape[:2]
+    h, w = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
+    image, kernel = lhs[..., 0].astype(jnp.float32), rhs[:, :, 0, :].astype(jnp.float32)
+    out = sum(image[:, dy:dy + h, dx:dx + w, None] * kernel[dy, dx] for dy in range(kh) for dx in range(kw))
+    return out.astype(lhs.dtype)
+
+
+def _lax_valid_conv(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(lhs, rhs, (1, 1), "VALID", dimension_numbers=_NHWC)
+
+
+def _shifted_slices_fwd(lhs, rhs):
+    return _shifted_slices_conv(lhs, rhs), (lhs, rhs)
+
+
+def _shifted_slices_bwd(residuals, g):
+    # XLA's own gradient is fast for this shape; only its forward is slow. Its unused forward is dead code.
+    return jax.vjp(_lax_valid_conv, *residuals)[1](g)
+
+
+_shifted_slices_conv.defvjp(_shifted_slices_fwd, _shifted_slices_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`lax.conv_general_dilated`, except a stride-1 VALID convolution of a one-channel NHWC image, which
+    is computed as shifted slices (see the module docstring)."""
+    ones = (None, (1, 1), [1, 1])
+    narrow = (lhs.ndim == 4 and lhs.shape[-1] == 1 and tuple(window_strides) == (1, 1)
+              and (padding == "VALID" or all(tuple(p) == (0, 0) for p in padding))
+              and lhs_dilation in ones and rhs_dilation in ones and feature_group_count == 1
+              and precision is None and not kwargs and dimension_numbers == _NHWC)
+    if narrow:
+        return _shifted_slices_conv(lhs, rhs)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
+def _narrow_conv_interceptor(next_fun, args, kwargs, context):
+    """Run a plain `nn.Conv` through `conv_general_dilated` above, with the same parameters."""
+    module = context.module
+    if (context.method_name != "__call__" or type(module) is not nn.Conv or module.is_initializing()
+            or module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None):
+        return next_fun(*args, **kwargs)
+    fast = module.clone(parent=None, conv_general_dilated=conv_general_dilated)
+    return fast.apply({"params": module.variables["params"]}, *args, **kwargs)
+
+
+def with_narrow_convs(fun: Callable) -> Callable:
+    """`fun`, traced with every plain `nn.Conv` going through the narrow-convolution path."""
+
+    @functools.wraps(fun)
+    def traced(*args, **kwargs):
+        with nn.intercept_methods(_narrow_conv_interceptor):
+            return fun(*args, **kwargs)
+
+    return traced

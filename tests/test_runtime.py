@@ -1,0 +1,78 @@
+"""The backend module: CPU speed options chosen by the platform, accepted by this jaxlib, switchable off,
+and never changing what a model computes."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnets import runtime
+from jaxnets.models import create_model
+from jaxnets.runtime import cpu
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are for XLA:CPU")
+
+
+def test_cpu_steps_use_ynnpack_dots_and_the_environment_switch_turns_them_off(monkeypatch):
+    monkeypatch.delenv(cpu.ENV, raising=False)
+    assert cpu.compiler_options() == cpu.YNN_DOTS
+    monkeypatch.setenv(cpu.ENV, "xla")
+    assert cpu.compiler_options() is None
+    monkeypatch.setenv(cpu.ENV, "fast")
+    with pytest.raises(ValueError, match="ynn"):
+        cpu.compiler_options()
+
+
+def test_a_convnet_gives_the_same_logits_and_gradients_with_and_without_the_options(monkeypatch):
+    # eval mode (train-mode BatchNorm on a tiny batch would amplify any rounding); AlexNet at 32 px is
+    # small enough to stay quick and has both convolutions and dense layers
+    model = create_model("alexnet", 3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+
+    def loss(params):
+        return jnp.sum(jnp.sin(model.apply({**variables, "params": params}, x, train=False)))
+
+    results = {}
+    for choice in ("xla", "ynn"):
+        monkeypatch.setenv(cpu.ENV, choice)
+        results[choice] = runtime.jit(jax.value_and_grad(loss))(variables["params"])
+    for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results["ynn"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(a))) + 1e-7)
+
+
+def _convs(fun, *args) -> int:
+    return str(jax.make_jaxpr(fun)(*args)).count("conv_general_dilated")
+
+
+def test_lenet_is_plain_flax_and_its_one_channel_conv_runs_as_shifted_slices_only_inside_runtime_steps():
+    model = create_model("lenet5", 10)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 1)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    plain = lambda v, x: model.apply(v, x)  # noqa: E731
+    assert _convs(plain, variables, x) == 2  # the model itself: two lax convolutions
+    assert _convs(cpu.with_narrow_convs(plain), variables, x) == 1  # conv1 became shifted slices
+    np.testing.assert_allclose(runtime.jit(plain)(variables, x), jax.jit(plain)(variables, x), rtol=1e-5, atol=1e-5)
+
+    def grads(wrap):
+        loss = lambda v, x: jnp.sum(jnp.tanh(model.apply(v, x)) ** 2)  # noqa: E731
+        return jax.jit(wrap(jax.grad(loss, argnums=(0, 1))))(variables, x)
+
+    for got, want in zip(jax.tree.leaves(grads(cpu.with_narrow_convs)), jax.tree.leaves(grads(lambda f: f)),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize("shape, kernel, strides, padding", [
+    ((2, 12, 12, 3), (3, 3, 3, 4), (1, 1), "VALID"),   # more than one input channel
+    ((2, 12, 12, 1), (3, 3, 1, 4), (2, 2), "VALID"),   # strided
+    ((2, 12, 12, 1), (3, 3, 1, 4), (1, 1), "SAME"),    # padded
+])
+def test_other_convolutions_stay_lax_bit_for_bit(shape, kernel, strides, padding):
+    conv = nn.Conv(kernel[-1], kernel[:2], strides=strides, padding=padding)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    apply = lambda v, x: conv.apply(v, x)  # noqa: E731
+    assert _convs(cpu.with_narrow_convs(apply), variables, x) == 1
+    np.testing.assert_array_equal(cpu.with_narrow_convs(apply)(variables, x), apply(variables, x))
