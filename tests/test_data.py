@@ -357,3 +357,19 @@ def test_folder_kind_tells_the_four_layouts_apart(tmp_path):
     write_idx(tmp_path / "idx" / "train-labels-idx1-ubyte.gz", np.zeros(2, np.uint8))
     assert {k: folder_kind(tmp_path / k) for k in ("classes", "splits", "flat", "idx")} == {
         "classes": "classes", "splits": "splits", "flat": "flat", "idx": "idx"}
+
+
+def test_pixels_are_scaled_in_one_place_and_never_twice():
+    from jaxnets.data.preprocess import normalize, to_unit
+
+    spec = PreprocessSpec(4, 4, 3, "stretch", "imagenet")
+    pixels = np.full((1, 4, 4, 3), 255, np.uint8)
+    unit = to_unit(pixels)
+    assert unit.dtype == np.float32 and float(unit.max()) == 1.0
+    np.testing.assert_allclose(standardize(pixels, spec), normalize(unit, spec))
+    with pytest.raises(TypeError, match="uint8"):
+        to_unit(pixels.astype(np.float32))  # a float batch in 0–255 is refused, not silently mis-scaled
+    with pytest.raises(TypeError, match="to_unit"):
+        normalize(pixels, spec)  # normalising raw uint8 would skip the scaling
+    with pytest.raises(TypeError):
+        standardize(unit, spec)  # already scaled: refusing beats scaling twice

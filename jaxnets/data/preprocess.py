@@ -3,7 +3,8 @@
 Two halves, split where the cache sits:
   * `to_pixels(image, spec)` (host, once per image): decode, fix orientation and mode, resize → uint8 HWC.
     The loader caches its output, so PIL is never touched again in the epoch loop.
-  * `standardize(batch_uint8, spec)` (device, inside the jitted steps): → float32 model input.
+  * `standardize(batch_uint8, spec)` (device, inside the jitted steps): `to_unit` (uint8 → [0, 1], the one
+    scaling) then `normalize` (mean/std) → float32 model input.
 Training may put augmentation between the two (`augment.py`); nothing else does.
 """
 
@@ -178,13 +179,26 @@ def to_pixels(source: ImageLike, spec: PreprocessSpec, max_pixels: int = DEFAULT
     return a.reshape(spec.shape)
 
 
-def standardize(images, spec: PreprocessSpec):
-    """uint8 (or [0, 1] float) NHWC → normalised float32 model input. Runs inside the jitted steps."""
-    x = images.astype(jnp.float32)
-    if images.dtype == jnp.uint8:
-        x = x / 255.0
+def to_unit(images):
+    """uint8 pixels → float32 in [0, 1]: the one place pixels are scaled. Anything but uint8 is refused, so
+    that a float batch already in [0, 1] (or still in 0–255) can never be scaled twice, or not at all."""
+    if images.dtype != jnp.uint8:
+        raise TypeError(f"pixels must be uint8 (as to_pixels makes them), got {images.dtype}")
+    return images.astype(jnp.float32) / 255.0
+
+
+def normalize(x, spec: PreprocessSpec):
+    """[0, 1] float → the model's input (the spec's mean/std). Refuses uint8: scale with `to_unit` first."""
+    if x.dtype == jnp.uint8:
+        raise TypeError("normalize takes [0, 1] floats; scale uint8 pixels with to_unit first")
     mean, std = spec.mean_std()
     return (x - mean) / std
+
+
+def standardize(images, spec: PreprocessSpec):
+    """uint8 NHWC → normalised float32 model input (to_unit, then normalize). Runs inside the jitted steps;
+    training puts its augmentation between the two halves."""
+    return normalize(to_unit(images), spec)
 
 
 def preprocess(source: ImageLike, spec: PreprocessSpec) -> np.ndarray:

@@ -15,7 +15,7 @@ import optax
 
 from .. import runtime
 from ..data.augment import AugmentSpec, augment_batch
-from ..data.preprocess import PreprocessSpec, standardize
+from ..data.preprocess import PreprocessSpec, normalize, standardize, to_unit
 from .metrics import loss_and_predictions, summed
 from .state import TrainState
 
@@ -52,9 +52,7 @@ def make_train_step(model, tx, cfg: StepConfig) -> Callable:
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(state.rng, state.step)
         aug_key, dropout_key = jax.random.split(key)
-        images = batch["image"].astype(jnp.float32) / 255.0
-        images = augment_batch(images, aug_key, cfg.augment)
-        x = standardize(images, cfg.spec)
+        x = normalize(augment_batch(to_unit(batch["image"]), aug_key, cfg.augment), cfg.spec)
         mask = batch["mask"]
         count = jnp.maximum(jnp.sum(mask), 1)
         has_bn = bool(state.batch_stats)
