@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install jaxnets with its dev tools
 
 lint: $(STAMP)  ## ruff
-	$(VENV)/bin/ruff check jaxnets tests service examples
+	$(VENV)/bin/ruff check jaxnets tests service examples tools
 
 test: lint  ## ruff + the whole pytest suite (exit code 5, "no tests ran", counts as a failure)
 	$(PY) -m pytest -q tests
@@ -27,8 +27,11 @@ test: lint  ## ruff + the whole pytest suite (exit code 5, "no tests ran", count
 demo: $(STAMP)  ## train LeNet-5 on the embedded digits, package it, serve it, query it over HTTP
 	$(PY) -m jaxnets.demo
 
-bench: $(STAMP)  ## run the standard benchmark set and rewrite BENCHMARKS.md
-	$(PY) -m jaxnets.bench_suite
+TORCH_PY ?= ../.torchpeer/bin/python
+TORCH_PEER ?= ../shared/bench/torch_peer.py
+
+bench: $(STAMP)  ## run the standard benchmark set (beside the PyTorch peer if TORCH_PY/TORCH_PEER exist) into BENCHMARKS.md
+	$(PY) tools/bench_suite.py --out BENCHMARKS.md --peer $(TORCH_PEER) --torch-python $(TORCH_PY)
 
 bento: $(STAMP)  ## build a Bento (service + jaxnets wheel + the packaged model) from service/
 	rm -rf service/wheels && $(PY) -m pip wheel -q --no-deps -w service/wheels .

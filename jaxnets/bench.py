@@ -1,7 +1,8 @@
 """`jaxnets bench`: throughput of the train/predict steps, the data pipeline, whole epochs and the service.
 
 Synthetic step timings use one batch already on the device and block on the result, like the PyTorch peer
-(`../shared/bench/torch_peer.py`), so the two are comparable line by line. One JSON line per run with --json.
+(the maintainers' `torch_peer.py`, run beside it by tools/bench_suite.py), so the two are comparable line by
+line. One JSON line per run with --json.
 """
 
 from __future__ import annotations

@@ -160,12 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
-    for extra in ("service_cli", "bench"):  # optional groups of subcommands
-        try:
-            module = __import__(f"jaxnets.{extra}", fromlist=["add_parser"])
-        except ImportError:
-            continue
-        module.add_parser(sub)
+    from . import bench, service_cli  # their heavy imports happen inside the commands, not here
+
+    service_cli.add_parser(sub)
+    bench.add_parser(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv

@@ -1,19 +1,22 @@
-"""`make bench`: the standard benchmark set, side by side with the eager-PyTorch peer when it is installed,
-written to BENCHMARKS.md (the figures, the commands that made them, and the machine).
+"""Maintainer tool behind `make bench`: the standard benchmark set, side by side with the eager-PyTorch peer
+when one is given, written into a Markdown file (the figures, the commands that made them, the machine).
 
-The peer is `../shared/bench/torch_peer.py` run by the interpreter in JAXNETS_TORCH_PYTHON (default
-`../.torchpeer/bin/python`); without it the PyTorch column stays empty.
+    python tools/bench_suite.py --out BENCHMARKS.md [--peer PATH/torch_peer.py --torch-python PATH/python]
+
+Every path is an argument (the Makefile passes the project's own); without a peer the PyTorch column
+stays empty. Only the block between the standard-set markers of --out is replaced.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from .bench import bench_step, enable_compilation_cache, machine
+from jaxnets.bench import bench_step, enable_compilation_cache, machine
 
 # (our model, peer model, mode, batch, size, channels, options, steps)
 STANDARD_SET = [
@@ -37,10 +40,10 @@ STANDARD_SET = [
 ]
 
 
-def peer(model: str, mode: str, batch: int, size: int, steps: int) -> dict | None:
-    python = os.environ.get("JAXNETS_TORCH_PYTHON", str(Path("..") / ".torchpeer" / "bin" / "python"))
-    script = Path(os.environ.get("JAXNETS_TORCH_PEER", str(Path("..") / "shared" / "bench" / "torch_peer.py")))
-    if not (Path(python).exists() and script.exists()):
+def peer(python: str | None, script: str | None, model: str, mode: str, batch: int, size: int,
+         steps: int) -> dict | None:
+    """The peer's JSON line for one row, or None when no peer was given or it failed."""
+    if not (python and script and Path(python).exists() and Path(script).exists()):
         return None
     out = subprocess.run([python, str(script), "--model", model, "--mode", mode, "--batch", str(batch), "--size",
                           str(size), "--steps", str(steps), "--warmup", "2", "--threads", str(os.cpu_count() or 2)],
@@ -54,12 +57,17 @@ def command(model, mode, batch, size, channels, options, steps) -> str:
             f"{hidden} --steps {steps} --json")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="Markdown file whose standard-set block is (re)written")
+    parser.add_argument("--peer", default=None, help="the eager-PyTorch peer script (torch_peer.py)")
+    parser.add_argument("--torch-python", default=None, help="the interpreter that has torch, for --peer")
+    args = parser.parse_args(argv)
     enable_compilation_cache()
     rows = []
     for model, peer_model, mode, batch, size, channels, options, steps in STANDARD_SET:
         ours = bench_step(mode, model, batch, size, channels, steps=steps, warmup=2, options=options)
-        theirs = peer(peer_model, mode, batch, size, max(2, steps // 2))
+        theirs = peer(args.torch_python, args.peer, peer_model, mode, batch, size, max(2, steps // 2))
         ratio = ours["images_per_s"] / theirs["images_per_s"] if theirs else None
         rows.append((ours, theirs, ratio, command(model, mode, batch, size, channels, options, steps)))
         print(json.dumps({**ours, "torch_images_per_s": theirs and theirs["images_per_s"],
@@ -76,7 +84,7 @@ def main() -> int:
                      f"{ours['compile_s']} | {ours['achieved_gflops']} |")
     table = "\n".join(lines)
     commands = "\n".join(f"    {c}" for *_, c in rows)
-    out = Path("BENCHMARKS.md")
+    out = Path(args.out)
     text = out.read_text() if out.exists() else ""
     start, end = "<!-- standard-set:start -->", "<!-- standard-set:end -->"
     block = (f"{start}\nMachine: {machine()}. Regenerate with `make bench`.\n\n{table}\n\nCommands (one JSON line "
