@@ -36,6 +36,18 @@ TRASH = ".jaxnets-trash"
 log = logging.getLogger("jaxnets.checkpoint")
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's warnings that a read-only manager is read-only: jaxnets asked for exactly that, and a
+    user predicting with a checkpoint should see jaxnets' own words, not library noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("read_only=True" in message or "directory is read only" in message)
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+
+
 def monitor_mode(monitor: str) -> str:
     """Losses are minimised, everything else (accuracies) maximised."""
     return "min" if monitor.endswith("loss") else "max"

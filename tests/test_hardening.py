@@ -311,3 +311,9 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume_then_resume_finishes(tmp
     import json
 
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2, 3]
+
+
+def test_loading_a_checkpoint_prints_no_library_noise(trained):
+    code = f"from jaxnets.predict import Predictor; Predictor.from_checkpoint({str(trained)!r}).warmup()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
