@@ -8,7 +8,7 @@ follows torchvision's ColorJitter. Everything is vmapped: no Python per image, d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,6 @@ class AugmentSpec:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def is_identity(self) -> bool:

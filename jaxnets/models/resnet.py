@@ -41,7 +41,6 @@ class _Block(nn.Module):
 
 
 class BasicBlock(_Block):
-    expansion = 1
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -51,7 +50,6 @@ class BasicBlock(_Block):
 
 
 class Bottleneck(_Block):
-    expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
