@@ -11,8 +11,6 @@ then allowed to write: a refused or failed start leaves the run directory as it 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import signal
@@ -33,6 +31,7 @@ from ..checkpoint import Checkpoints, find_checkpoint_dir, read_model_card, writ
 from ..data.augment import get_augment
 from ..data.loader import Loader
 from ..data.sources import Splits, load_dataset
+from ..report import curves_png, history_csv
 from .config import TrainConfig
 from .metrics import format_report, means, per_class_report
 from .optim import current_lr, make_optimizer
@@ -85,42 +84,10 @@ def evaluate_loader(eval_step, state, loader: Loader) -> dict[str, Any]:
     return {**means(total), "confusion": np.asarray(total["confusion"])}
 
 
-def _history_csv(history: list[dict[str, float]]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return text.getvalue()
-
-
-def _curves_png(history: list[dict[str, float]]) -> bytes:
-    """Loss and accuracy per epoch, train and validation: the classic course plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
-    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        if any(h.get(f"val_{key}") is not None for h in history):
-            ax.plot(epochs, [h.get(f"val_{key}") for h in history], "o-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    return png.getvalue()
-
-
 def _write_history(run: RunDir, history: list[dict[str, float]]) -> None:
     run.write("history.json", json.dumps(history, indent=1))
-    run.write("history.csv", _history_csv(history))
-    run.write("curves.png", _curves_png(history))
+    run.write("history.csv", history_csv(history, HISTORY_FIELDS))
+    run.write("curves.png", curves_png(history))
 
 
 @dataclass

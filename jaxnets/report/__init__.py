@@ -1,0 +1,43 @@
+"""What a run shows a person: the history as CSV and the loss/accuracy curves as PNG bytes (the run
+directory writes them; nothing here touches files)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+__all__ = ["curves_png", "history_csv"]
+
+
+def history_csv(history: list[dict[str, float]], fields: Sequence[str]) -> str:
+    """The epoch history as CSV text, one row per epoch, in the order of `fields`."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue()
+
+
+def curves_png(history: list[dict[str, float]]) -> bytes:
+    """Loss and accuracy per epoch, train and validation: the classic course plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
+    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        if any(h.get(f"val_{key}") is not None for h in history):
+            ax.plot(epochs, [h.get(f"val_{key}") for h in history], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    return png.getvalue()
