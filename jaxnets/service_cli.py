@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 
 
 def add_parser(sub) -> None:
@@ -41,7 +44,52 @@ def _serve(args) -> int:
         env["JAXNETS_MODEL_TAG"] = args.model_tag
     if args.max_request_bytes:
         env["JAXNETS_MAX_REQUEST_BYTES"] = str(args.max_request_bytes)
+    return run_server(serve_command(args.host, args.port), env)
+
+
+def run_server(command: list[str], env: dict[str, str], grace_s: float | None = None) -> int:
+    """Run `bentoml serve` in its own process group and stop that whole group when this process is told
+    to stop. SIGTERM and SIGINT are forwarded to the group (its arbiter and every worker), then, after
+    `grace_s` (JAXNETS_STOP_TIMEOUT_S, default 20 s) or a second signal, the group is killed: a signal to
+    `jaxnets serve` never leaves a server behind holding the port. Returns the server's exit code, or
+    128 + the signal number when stopped by one."""
+    grace_s = float(os.environ.get("JAXNETS_STOP_TIMEOUT_S", 20)) if grace_s is None else grace_s
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, _frame) -> None:
+        received.append(signum)
+        _signal_group(proc.pid, signum if len(received) == 1 else signal.SIGKILL)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call(serve_command(args.host, args.port), env=env)
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                code = proc.wait(timeout=grace_s if received else None)
+                break
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _stop_leftovers(proc.pid, grace_s)
+    return 128 + received[0] if received else code
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _stop_leftovers(pgid: int, grace_s: float) -> None:
+    """Workers of the group still alive once the arbiter has exited (it died, or was killed) are stopped
+    too: SIGTERM, then SIGKILL after `grace_s`."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)

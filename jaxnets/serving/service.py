@@ -18,6 +18,7 @@ and the front door's JAXNETS_READ_TIMEOUT_S, JAXNETS_MAX_UPLOADS, JAXNETS_QUEUE_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -72,6 +73,25 @@ class GuardedService(bentoml.Service):
         return FrontDoor(super().to_asgi(is_main), FORMS, LIMITS)
 
 
+def _stop_the_server() -> None:
+    """Shut the whole server down from a worker that must not serve. Raising alone is not enough: BentoML's
+    process manager (`bentoml serve`, this worker's parent) restarts a worker whose start-up failed, forever,
+    and the server would sit there never ready. So: SIGTERM to the manager, which stops and does not restart
+    workers; SIGKILL to the other workers, which are still starting (the front waits up to a minute for this
+    service to be ready and ignores SIGTERM meanwhile) and have served nothing."""
+    import psutil  # a BentoML dependency
+
+    me = psutil.Process()
+    parent = me.parent()
+    if parent is None or not any("bentoml" in part for part in parent.cmdline()):
+        return  # not under `bentoml serve`: raising is all a worker can do
+    parent.terminate()
+    for sibling in parent.children():
+        if sibling.pid != me.pid:
+            with contextlib.suppress(psutil.Error):
+                sibling.kill()
+
+
 class NonFiniteModelError(RuntimeError):
     """The model's warm-up output is NaN or infinite: its weights are broken, so it must not be served."""
 
@@ -90,18 +110,17 @@ class JaxnetsModel:
         log.info("model %s ready: %s, classes %s", MODEL_TAG, self.predictor.card["model"], self.predictor.classes)
 
     def _check_finite(self) -> None:
-        """Refuse to start on a model whose probabilities for black, grey, white and noise images are not all
-        finite (NaN weights): one clear line, and the server stops instead of answering nonsense."""
-        shape = self.predictor.spec.shape
-        probes = np.stack([np.full(shape, v, np.uint8) for v in (0, 128, 255)]
-                          + [np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)])
-        bad = non_finite_rows(self.predictor.predict_pixels(probes))
-        if bad:
+        """Refuse to start on a model whose warm-up output (a batch of black images, as `warmup` compiles
+        with) is not finite: NaN weights. One clear line, and the server stops instead of answering nonsense.
+        A model broken only for some inputs is caught per request by the front (503)."""
+        probes = np.zeros((1, *self.predictor.spec.shape), np.uint8)
+        if non_finite_rows(self.predictor.predict_pixels(probes)):
             card = self.predictor.card
             message = (f"jaxnets: model {MODEL_TAG!r} ({card['model']}, step {card.get('restored_step')}) gives "
-                       f"non-finite probabilities on {len(bad)} of {len(probes)} warm-up images: its weights are "
-                       "broken (NaN or inf); not serving it. Package a good checkpoint.")
+                       "non-finite probabilities on its warm-up input: its weights are broken (NaN or inf); "
+                       "not serving it. Package a good checkpoint.")
             print(message, file=sys.stderr, flush=True)
+            _stop_the_server()
             raise NonFiniteModelError(message)
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=50)
