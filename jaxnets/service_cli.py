@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 
 def add_parser(sub) -> None:
@@ -51,15 +53,27 @@ def run_server(command: list[str], env: dict[str, str], grace_s: float | None = 
     """Run `bentoml serve` in its own process group and stop that whole group when this process is told
     to stop. SIGTERM and SIGINT are forwarded to the group (its arbiter and every worker), then, after
     `grace_s` (JAXNETS_STOP_TIMEOUT_S, default 20 s) or a second signal, the group is killed: a signal to
-    `jaxnets serve` never leaves a server behind holding the port. Returns the server's exit code, or
-    128 + the signal number when stopped by one."""
+    `jaxnets serve` never leaves a server behind holding the port. Returns the server's exit code, 1 when
+    a worker stopped it on purpose (a broken model), or 128 + the signal number when stopped by one."""
     grace_s = float(os.environ.get("JAXNETS_STOP_TIMEOUT_S", 20)) if grace_s is None else grace_s
+    with tempfile.TemporaryDirectory(prefix="jaxnets-serve-") as tmp:
+        fatal = Path(tmp) / "fatal"  # a worker that stops the server on purpose says why here
+        code = _run_group(command, {**env, "JAXNETS_FATAL_FILE": str(fatal)}, grace_s)
+        if code == 0 and fatal.exists():
+            print(fatal.read_text().strip(), file=sys.stderr)
+            return 1
+    return code
+
+
+def _run_group(command: list[str], env: dict[str, str], grace_s: float) -> int:
+    """Run `command` as a new process group and wait; a first SIGTERM/SIGINT becomes SIGTERM to the whole
+    group (one clean shutdown path for both), a second one, or `grace_s` without exit, SIGKILL."""
     proc = subprocess.Popen(command, env=env, start_new_session=True)
     received: list[int] = []
 
     def forward(signum, _frame) -> None:
         received.append(signum)
-        _signal_group(proc.pid, signum if len(received) == 1 else signal.SIGKILL)
+        _signal_group(proc.pid, signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -227,8 +227,6 @@ class StrictForm:
 
     # parser callbacks ----------------------------------------------------------------------------
     def _part_begin(self) -> None:
-        if len(self.parts) >= self.spec.max_parts:
-            raise Refusal(413, f"more than {self.spec.max_parts} parts in the form; {self.spec.describe()}")
         self._headers = {}
         self._part = None
 
@@ -250,8 +248,10 @@ class StrictForm:
         self._headers[name] = value
 
     def _headers_finished(self) -> None:
-        self._part = self._check_part(f"part {len(self.parts) + 1}")
+        self._part = self._check_part(f"part {len(self.parts) + 1}")  # refuses a field repeated too often
         self.parts.append(self._part)
+        if len(self.parts) > self.spec.max_parts:  # so this cannot happen; kept as the bound it implies
+            raise Refusal(413, f"more than {self.spec.max_parts} parts in the form; {self.spec.describe()}")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         assert self._part is not None

@@ -73,14 +73,18 @@ class GuardedService(bentoml.Service):
         return FrontDoor(super().to_asgi(is_main), FORMS, LIMITS)
 
 
-def _stop_the_server() -> None:
+def _stop_the_server(message: str) -> None:
     """Shut the whole server down from a worker that must not serve. Raising alone is not enough: BentoML's
     process manager (`bentoml serve`, this worker's parent) restarts a worker whose start-up failed, forever,
     and the server would sit there never ready. So: SIGTERM to the manager, which stops and does not restart
     workers; SIGKILL to the other workers, which are still starting (the front waits up to a minute for this
-    service to be ready and ignores SIGTERM meanwhile) and have served nothing."""
+    service to be ready and ignores SIGTERM meanwhile) and have served nothing. The manager then exits 0, so
+    the reason also goes to JAXNETS_FATAL_FILE when set (`jaxnets serve` sets it and exits 1)."""
     import psutil  # a BentoML dependency
 
+    if fatal_file := os.environ.get("JAXNETS_FATAL_FILE"):
+        with contextlib.suppress(OSError):
+            Path(fatal_file).write_text(message + "\n")
     me = psutil.Process()
     parent = me.parent()
     if parent is None or not any("bentoml" in part for part in parent.cmdline()):
@@ -120,7 +124,7 @@ class JaxnetsModel:
                        "non-finite probabilities on its warm-up input: its weights are broken (NaN or inf); "
                        "not serving it. Package a good checkpoint.")
             print(message, file=sys.stderr, flush=True)
-            _stop_the_server()
+            _stop_the_server(message)
             raise NonFiniteModelError(message)
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=50)
