@@ -66,44 +66,37 @@ def run_server(command: list[str], env: dict[str, str], grace_s: float | None = 
 
 
 def _run_group(command: list[str], env: dict[str, str], grace_s: float) -> int:
-    """Run `command` as a new process group and wait; a first SIGTERM/SIGINT becomes SIGTERM to the whole
-    group (one clean shutdown path for both), a second one, or `grace_s` without exit, SIGKILL."""
+    """Run `command` and wait, keeping a fresh list of its process tree. A first SIGTERM/SIGINT becomes
+    SIGTERM to the server (one clean shutdown path for both); a second one, or `grace_s` without exit,
+    SIGKILL. Whatever of the tree outlives the server process is stopped too."""
+    from .serving.local import descendants, stop_processes
+
     proc = subprocess.Popen(command, env=env, start_new_session=True)
     received: list[int] = []
+    tree: dict[int, object] = {}
+    deadline = float("inf")
 
     def forward(signum, _frame) -> None:
+        nonlocal deadline
         received.append(signum)
-        _signal_group(proc.pid, signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
+        deadline = min(deadline, time.monotonic() + grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while True:
+            tree.update((p.pid, p) for p in descendants(proc.pid))
             try:
-                code = proc.wait(timeout=grace_s if received else None)
+                code = proc.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
+                if time.monotonic() > deadline or len(received) > 1:
+                    stop_processes([*tree.values()], grace_s=0)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _stop_leftovers(proc.pid, grace_s)
+        stop_processes([*tree.values()], grace_s)
     return 128 + received[0] if received else code
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def _stop_leftovers(pgid: int, grace_s: float) -> None:
-    """Workers of the group still alive once the arbiter has exited (it died, or was killed) are stopped
-    too: SIGTERM, then SIGKILL after `grace_s`."""
-    _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.1)
-    _signal_group(pgid, signal.SIGKILL)
