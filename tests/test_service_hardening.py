@@ -90,8 +90,8 @@ def _assert_error(r: requests.Response, status: int, what: str = "") -> str:
     return body["error"]
 
 
-def _assert_still_serving(url: str, what: str = "") -> None:
-    r = requests.post(f"{url}/predict", files={"image": ("d.png", DIGIT)}, timeout=30)
+def _assert_still_serving(url: str, what: str = "", session=requests) -> None:
+    r = session.post(f"{url}/predict", files={"image": ("d.png", DIGIT)}, timeout=30)
     assert r.status_code == 200, (what, r.text[:500])
     assert set(r.json()) == {"label", "probabilities", "top_k"}
 
@@ -181,10 +181,12 @@ def _garbage_cases() -> dict[str, tuple[str, int, bytes, dict[str, str]]]:
 
 
 def test_malformed_requests_get_4xx_with_the_error_shape_and_the_server_keeps_serving(server):
-    for what, (route, status, body, headers) in _garbage_cases().items():
-        r = requests.post(f"{server}{route}", data=body, headers=headers, timeout=30)
-        _assert_error(r, status, what)
-        _assert_still_serving(server, what)
+    """Over one keep-alive session: a refusal must never leave unread garbage in a connection reused later."""
+    with requests.Session() as session:
+        for what, (route, status, body, headers) in _garbage_cases().items():
+            r = session.post(f"{server}{route}", data=body, headers=headers, timeout=30)
+            _assert_error(r, status, what)
+            _assert_still_serving(server, what, session)
 
 
 def test_curl_style_text_field_and_raw_framing_garbage(server):

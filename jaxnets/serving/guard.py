@@ -472,8 +472,8 @@ class FrontDoor:
         try:
             try:
                 body, ctype = await self._read_form(spec, boundary, receive)
-            except Refusal as r:
-                return await reply(send, r.status, r.message, r.headers)
+            except Refusal as r:  # refused mid-body: the rest of it is not read, so the connection cannot go on
+                return await reply(send, r.status, r.message, [*r.headers, (b"connection", b"close")])
             if body is None:
                 return  # the client went away
             headers = [(k, v) for k, v in scope.get("headers") or []
@@ -516,13 +516,13 @@ class FrontDoor:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 raise Refusal(408, f"request body not received within {self.limits.read_timeout_s:g} s "
-                                   "(JAXNETS_READ_TIMEOUT_S)", [(b"connection", b"close")]) from None
+                                   "(JAXNETS_READ_TIMEOUT_S)") from None
             if message["type"] != "http.request":
                 return None, b""
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limits.max_request_bytes:
-                raise Refusal(413, f"request is {self._too_big}", [(b"connection", b"close")])
+                raise Refusal(413, f"request is {self._too_big}")
             form.feed(chunk)
             if not message.get("more_body"):
                 break
