@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -17,6 +17,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list:
+    """Every live process below `pid` (psutil.Process objects). `bentoml serve` starts each worker in a
+    session of its own, so its process group holds the arbiter alone: stopping the server means knowing
+    its tree, and knowing it before the arbiter exits (its orphans would then belong to init)."""
+    import psutil  # a BentoML dependency
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def stop_processes(processes: Iterable, grace_s: float = 20) -> None:
+    """SIGTERM to every process still running, SIGKILL to those still there after `grace_s`."""
+    import psutil
+
+    alive = [p for p in processes if p.is_running()]
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 @contextlib.contextmanager
@@ -35,9 +62,11 @@ def running_server(log_path: str | Path, env: dict[str, str] | None = None, time
         env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
+    tree = []
     try:
         deadline = time.time() + timeout
         while True:
+            tree = descendants(proc.pid) or tree
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
             if time.time() > deadline:
@@ -48,6 +77,7 @@ def running_server(log_path: str | Path, env: dict[str, str] | None = None, time
             time.sleep(0.5)
         yield url
     finally:
+        tree = descendants(proc.pid) or tree
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 15)
         try:
@@ -55,4 +85,5 @@ def running_server(log_path: str | Path, env: dict[str, str] | None = None, time
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait()
+        stop_processes(tree, grace_s=10)  # workers left behind by an arbiter that died or was killed
         log.close()

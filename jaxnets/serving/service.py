@@ -1,22 +1,27 @@
 """The HTTP service. Two BentoML services in one graph:
 
-* `JaxnetsClassifier` (the entry point): receives uploads, enforces the size and pixel limits, decodes them
-  through the checkpoint's PreprocessSpec and answers 400 with a message for anything that is not a usable
-  image, before any batching. It never touches JAX.
+* `JaxnetsClassifier` (the entry point): behind the front door (guard.py, wrapped around its whole ASGI app,
+  outside BentoML's own middlewares), which refuses every request that is not a well-formed upload of the
+  right fields, bounded in size, time and number, and gives every error the one shape {"error": message}.
+  The service then decodes the uploads through the checkpoint's PreprocessSpec and answers 400 with a
+  message for anything that is not a usable image, before any batching. It never runs JAX, and refuses to
+  return non-finite probabilities (503).
 * `JaxnetsModel`: one `batchable` API over the jitted forward function, so concurrent requests (single and
   batch alike) are merged by BentoML's adaptive batching into one padded, precompiled batch. Every bucket
-  is compiled in `__init__`, before the service reports ready.
+  is compiled in `__init__`, before the service reports ready, and a model whose warm-up output is not
+  finite (NaN weights) stops the server with one line naming it.
 
 Configuration by environment: JAXNETS_MODEL_TAG (default jaxnets-classifier:latest),
-JAXNETS_MAX_REQUEST_BYTES (default 10 MB), JAXNETS_MAX_PIXELS (default 40 M), JAXNETS_MAX_BATCH (default 32).
+JAXNETS_MAX_REQUEST_BYTES (default 10 MiB), JAXNETS_MAX_PIXELS (default 40 M), JAXNETS_MAX_BATCH (default 32),
+and the front door's JAXNETS_READ_TIMEOUT_S, JAXNETS_MAX_UPLOADS, JAXNETS_QUEUE_TIMEOUT_S (see guard.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,15 +31,24 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 
 from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessSpec, to_pixels
-from ..predict import describe
+from .answers import describe, non_finite_rows
+from .guard import FormSpec, FrontDoor, Limits, positive_int
 from .package import DEFAULT_NAME
 
 log = logging.getLogger("jaxnets.service")
 
 MODEL_TAG = os.environ.get("JAXNETS_MODEL_TAG", f"{DEFAULT_NAME}:latest")
-MAX_REQUEST_BYTES = int(os.environ.get("JAXNETS_MAX_REQUEST_BYTES", 10 * 1024 * 1024))
+LIMITS = Limits.from_env()
+MAX_REQUEST_BYTES = LIMITS.max_request_bytes
 MAX_PIXELS = int(os.environ.get("JAXNETS_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 MAX_BATCH = int(os.environ.get("JAXNETS_MAX_BATCH", 32))
+MAX_BATCH_FILES = 256
+
+# what each API route takes; the front door refuses anything else before BentoML parses it
+FORMS = {
+    "/predict": FormSpec("image", text_fields={"top_k": positive_int}),
+    "/predict_batch": FormSpec("images", max_files=MAX_BATCH_FILES, text_fields={"top_k": positive_int}),
+}
 
 
 def _load_model_ref():
@@ -50,63 +64,40 @@ def _load_model_ref():
 MODEL_REF = _load_model_ref()
 
 
-API_FIELDS = {"/predict": {"image", "top_k"}, "/predict_batch": {"images", "top_k"}}
-_FIELD_NAME = re.compile(rb'content-disposition:[^\r\n]*?\bname="([^"]*)"', re.IGNORECASE)
+class GuardedService(bentoml.Service):
+    """A BentoML service whose ASGI app is wrapped in the front door. Wrapping the whole app (rather than
+    `add_asgi_middleware`, which puts a middleware inside BentoML's metrics middleware) is what keeps
+    unknown paths out of /metrics and lets the door answer before any BentoML code reads the request."""
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        return FrontDoor(super().to_asgi(is_main), FORMS, LIMITS)
 
 
-class RequestGuard:
-    """ASGI middleware in front of the API routes. It answers, before BentoML parses anything:
-    413 for a body above the size limit (by Content-Length, or counted while reading a chunked body), and
-    400 for multipart fields the route does not take (BentoML 1.4 would answer 500 to a binary file sent
-    under a wrong field name: it json-decodes unknown fields). Everything else passes through untouched."""
+def _stop_the_server(message: str) -> None:
+    """Shut the whole server down from a worker that must not serve. Raising alone is not enough: BentoML's
+    process manager (`bentoml serve`, this worker's parent) restarts a worker whose start-up failed, forever,
+    and the server would sit there never ready. So: SIGTERM to the manager, which stops and does not restart
+    workers; SIGKILL to the other workers, which are still starting (the front waits up to a minute for this
+    service to be ready and ignores SIGTERM meanwhile) and have served nothing. The manager then exits 0, so
+    the reason also goes to JAXNETS_FATAL_FILE when set (`jaxnets serve` sets it and exits 1)."""
+    import psutil  # a BentoML dependency
 
-    def __init__(self, app, limit: int = MAX_REQUEST_BYTES):
-        self.app, self.limit = app, limit
+    if fatal_file := os.environ.get("JAXNETS_FATAL_FILE"):
+        with contextlib.suppress(OSError):
+            Path(fatal_file).write_text(message + "\n")
+    me = psutil.Process()
+    parent = me.parent()
+    if parent is None or not any("bentoml" in part for part in parent.cmdline()):
+        return  # not under `bentoml serve`: raising is all a worker can do
+    parent.terminate()
+    for sibling in parent.children():
+        if sibling.pid != me.pid:
+            with contextlib.suppress(psutil.Error):
+                sibling.kill()
 
-    @staticmethod
-    async def _reply(send, status: int, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
-    async def __call__(self, scope, receive, send):
-        allowed = API_FIELDS.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if allowed is None or scope.get("method") != "POST":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        too_big = f"above the limit of {self.limit:,} bytes (JAXNETS_MAX_REQUEST_BYTES)"
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._reply(send, 413, f"request is {int(length):,} bytes, {too_big}")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                return await self._reply(send, 413, f"request is {too_big}")
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        if headers.get(b"content-type", b"").lower().startswith(b"multipart/"):
-            names = {m.decode("utf-8", "replace") for m in _FIELD_NAME.findall(body)}
-            unknown = sorted(names - allowed)
-            if unknown or not names:
-                expected = " and ".join(f"'{f}'" for f in sorted(allowed))
-                return await self._reply(send, 400, f"unexpected form field(s) {unknown}; this route takes {expected}")
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+class NonFiniteModelError(RuntimeError):
+    """The model's warm-up output is NaN or infinite: its weights are broken, so it must not be served."""
 
 
 @bentoml.service(name="jaxnets_model", traffic={"timeout": 60})
@@ -119,7 +110,22 @@ class JaxnetsModel:
         self.predictor = Predictor.from_checkpoint(self.model_ref.path, which="best",
                                                    buckets=sorted({1, 8, MAX_BATCH}))
         self.predictor.warmup()
+        self._check_finite()
         log.info("model %s ready: %s, classes %s", MODEL_TAG, self.predictor.card["model"], self.predictor.classes)
+
+    def _check_finite(self) -> None:
+        """Refuse to start on a model whose warm-up output (a batch of black images, as `warmup` compiles
+        with) is not finite: NaN weights. One clear line, and the server stops instead of answering nonsense.
+        A model broken only for some inputs is caught per request by the front (503)."""
+        probes = np.zeros((1, *self.predictor.spec.shape), np.uint8)
+        if non_finite_rows(self.predictor.predict_pixels(probes)):
+            card = self.predictor.card
+            message = (f"jaxnets: model {MODEL_TAG!r} ({card['model']}, step {card.get('restored_step')}) gives "
+                       "non-finite probabilities on its warm-up input: its weights are broken (NaN or inf); "
+                       "not serving it. Package a good checkpoint.")
+            print(message, file=sys.stderr, flush=True)
+            _stop_the_server(message)
+            raise NonFiniteModelError(message)
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=50)
     def infer(self, pixels: np.ndarray) -> np.ndarray:
@@ -127,7 +133,7 @@ class JaxnetsModel:
         return self.predictor.predict_pixels(np.asarray(pixels, dtype=np.uint8))
 
 
-@bentoml.service(name="jaxnets_classifier", traffic={"timeout": 60})
+@bentoml.service(name="jaxnets_classifier", traffic={"timeout": 60}, service_class=GuardedService)
 class JaxnetsClassifier:
     model_ref = MODEL_REF
     model = bentoml.depends(JaxnetsModel)
@@ -138,7 +144,7 @@ class JaxnetsClassifier:
         self.spec = PreprocessSpec.from_dict(card["preprocess"])
 
     def _pixels(self, upload: Path, what: str) -> np.ndarray:
-        # the size limit is enforced once, on the whole request, by RequestGuard
+        # sizes, fields and file-ness were checked by the front door: `upload` is a file the client sent
         try:
             data = Path(upload).read_bytes()
         except (OSError, TypeError):
@@ -148,21 +154,30 @@ class JaxnetsClassifier:
         except ImageError as e:
             raise InvalidArgument(f"{what}: {e}") from None
 
+    def _answers(self, pixels: np.ndarray, top_k: int, ctx: bentoml.Context) -> list[dict[str, Any]]:
+        """The model's answers, or one {"error"} with 503 when any probability is not finite: a NaN is never
+        served as a 200 (JSON would carry it as null, or as invalid JSON)."""
+        probs = np.asarray(self.model.infer(pixels))
+        bad = non_finite_rows(probs)
+        if bad:
+            log.error("model %s returned non-finite probabilities for %d of %d image(s)", MODEL_TAG, len(bad),
+                      len(probs))
+            ctx.response.status_code = 503
+            return [{"error": f"the model returned non-finite probabilities for image(s) {bad[:10]}; "
+                              "no answer can be given (the model is broken for this input)"}]
+        return describe(probs, self.classes, top_k)
+
     @bentoml.api(route="/predict")
-    def predict(self, image: Path, top_k: int = 5) -> dict[str, Any]:
+    def predict(self, image: Path, ctx: bentoml.Context, top_k: int = 5) -> dict[str, Any]:
         """One image (multipart field `image`) → {"label", "probabilities", "top_k"}."""
-        pixels = self._pixels(image, "image")[None]
-        return describe(self.model.infer(pixels), self.classes, top_k)[0]
+        return self._answers(self._pixels(image, "image")[None], top_k, ctx)[0]
 
     @bentoml.api(route="/predict_batch")
-    def predict_batch(self, images: list[Path], top_k: int = 5) -> list[dict[str, Any]]:
+    def predict_batch(self, images: list[Path], ctx: bentoml.Context, top_k: int = 5) -> list[dict[str, Any]]:
         """Several images (multipart field `images`, repeated) → one answer each, in order."""
         if not images:
             raise InvalidArgument("images: send at least one file")
-        if len(images) > 256:
-            raise InvalidArgument(f"images: {len(images)} files, above the limit of 256 per request")
+        if len(images) > MAX_BATCH_FILES:
+            raise InvalidArgument(f"images: {len(images)} files, above the limit of {MAX_BATCH_FILES} per request")
         pixels = np.stack([self._pixels(img, f"images[{i}]") for i, img in enumerate(images)])
-        return describe(self.model.infer(pixels), self.classes, top_k)
-
-
-JaxnetsClassifier.add_asgi_middleware(RequestGuard, limit=MAX_REQUEST_BYTES)
+        return self._answers(pixels, top_k, ctx)
