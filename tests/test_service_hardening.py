@@ -56,7 +56,7 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening")
     run = fit(TrainConfig(model="lenet5", data="digits", epochs=1, batch_size=64, optim=OptimConfig(lr=2e-3),
                           out=str(root / "run"), quiet=True)).out
-    runs = {"jaxnets-classifier": run,
+    runs = {"jaxnets-classifier": run, "jaxnets-damaged": run,
             "jaxnets-nan": save_changed_weights(Path(run), root / "nan", all_nan),
             "jaxnets-inf": save_changed_weights(Path(run), root / "inf", infinite_first_kernel)}
     home = root / "bentoml"
@@ -472,6 +472,26 @@ def test_a_model_with_nan_weights_refuses_to_start(models, tmp_path):
         with contextlib.suppress(OSError):
             urllib.request.urlopen(f"{url}/readyz", timeout=2)
             pytest.fail("something still answers on the port")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_model_damaged_in_the_store_stops_start_up_naming_the_file(models, tmp_path):
+    store = next((models["home"] / "models" / "jaxnets-damaged").glob("*/*/model/d"))
+    array_file = max((p for p in store.iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(array_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    array_file.write_bytes(bytes(data))
+    log = tmp_path / "serve.log"
+    proc, _, port = _jaxnets_serve(models, "jaxnets-damaged:latest", log)
+    try:
+        code = proc.wait(timeout=120)
+        text = log.read_text(errors="replace")
+        assert code != 0, text[-2000:]
+        line = next(x for x in text.splitlines() if x.startswith("jaxnets: model"))
+        assert "damaged" in line and array_file.name in line and "corrupted" in line
+        assert _port_free(port)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -31,6 +31,7 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 
 from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessSpec, to_pixels
+from ..integrity import CheckpointError, read_model_card, verify_step
 from .answers import describe, non_finite_rows
 from .guard import FormSpec, FrontDoor, Limits, positive_int
 from .package import DEFAULT_NAME
@@ -52,13 +53,21 @@ FORMS = {
 
 
 def _load_model_ref():
+    """The packaged model, its files verified against their checksums before any worker starts: a damaged
+    or tampered model stops `bentoml serve` at import, with one line naming the file."""
     try:
-        bentoml.models.get(MODEL_TAG)  # BentoModel() alone resolves lazily; fail here, with a hint, instead
-        return bentoml.models.BentoModel(MODEL_TAG)
+        model = bentoml.models.get(MODEL_TAG)  # BentoModel() alone resolves lazily; fail here, with a hint
     except Exception as e:  # the server must not start half-working: say what is missing and how to fix it
         print(f"jaxnets: cannot load model {MODEL_TAG!r} from the BentoML store ({e}). Package one with "
               "`jaxnets package --checkpoint RUN_DIR`, or set JAXNETS_MODEL_TAG.", file=sys.stderr, flush=True)
         raise
+    try:
+        card = read_model_card(model.path)
+        verify_step(Path(model.path) / str(card.get("packaged_step")))
+    except (CheckpointError, OSError) as e:
+        print(f"jaxnets: model {MODEL_TAG!r} is damaged, not serving it: {e}", file=sys.stderr, flush=True)
+        raise
+    return bentoml.models.BentoModel(MODEL_TAG)
 
 
 MODEL_REF = _load_model_ref()

@@ -1,6 +1,6 @@
 """Memory of the running service under many concurrent large uploads (a measurement, not a test).
 
-    BENTOML_HOME=... python -m jaxnets.serving.memory_bench --clients 80 --mib 10 [--max-request-bytes N]
+    BENTOML_HOME=... python tools/service_memory.py --clients 80 --mib 10 [--max-request-bytes N]
 
 Starts the real server (`running_server`), finds every process of its tree (arbiter and workers), and reports the sum
 of their resident set sizes before the uploads and at its peak while `clients` threads each upload one
@@ -21,7 +21,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from .local import descendants, running_server
+from jaxnets.serving.local import descendants, running_server
 
 
 def server_pids(port: int) -> list[int]:
@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=80)
     p.add_argument("--mib", type=float, default=10)
     p.add_argument("--max-request-bytes", type=int, default=None, help="JAXNETS_MAX_REQUEST_BYTES (default: 10 MiB)")
-    p.add_argument("--log", default="memory_bench_server.log")
+    p.add_argument("--log", default="service_memory_server.log")
     args = p.parse_args()
     env = {"JAXNETS_MAX_REQUEST_BYTES": str(args.max_request_bytes)} if args.max_request_bytes else {}
     figures = measure(args.clients, int(args.mib * 1024 * 1024), env, Path(args.log))
