@@ -1,3 +1,29 @@
-"""jaxnets: the classic image classifiers in JAX/Flax."""
+"""jaxnets: the classic image classifiers in JAX/Flax, from a folder of pictures to an HTTP answer.
+
+The public face, imported on first use (PEP 562) so that `import jaxnets` stays light and JAX-free:
+
+    from jaxnets import create_model, load_dataset, TrainConfig, OptimConfig, fit, Predictor, evaluate_checkpoint
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "models": ("create_model", "list_models"),
+    "data": ("PreprocessSpec", "load_dataset"),
+    "train": ("OptimConfig", "TrainConfig", "fit"),
+    "inference": ("ModelCard", "Predictor", "evaluate_checkpoint", "read_card"),
+    "serving.package": ("package_checkpoint",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted([*_WHERE, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

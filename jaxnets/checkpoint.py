@@ -4,8 +4,8 @@ A checkpoint directory holds orbax steps (one per epoch) and `model_card.json`. 
 items: "model" (params + batch_stats: all that inference needs), "train" (optimizer state, step, rng)
 and "meta" (epoch, history). `Predictor` restores "model" alone, so it needs no optimizer or dataset.
 
-Every saved step gets its checksums right away and is verified before every restore (see integrity.py,
-which also holds the model card's reader and writer; they are re-exported here).
+Every saved step gets its checksums right away and is verified before every restore (integrity.py; its
+names are re-exported here). The model card is inference/card.py.
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ from .integrity import (  # noqa: F401  (re-exported: the checkpoint API in one 
     CheckpointError,
     find_checkpoint_dir,
     parse_which,
-    read_model_card,
     verify_step,
     write_checksums,
-    write_model_card,
 )
 
 # orbax moves a step it drops here (one atomic rename) and jaxnets empties it: a kill in the middle of

@@ -108,8 +108,8 @@ def _add_evaluate(sub) -> None:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate_checkpoint
-    from .train.metrics import format_report
+    from .inference.evaluate import evaluate_checkpoint
+    from .inference.metrics import format_report
 
     test = evaluate_checkpoint(args.checkpoint, args.data, args.batch_size, args.which, args.data_dir)
     # per_class is keyed in the checkpoint's class order: no need to load the checkpoint a second time
@@ -129,7 +129,7 @@ def _add_predict(sub) -> None:
 
 def _predict(args) -> int:
     from .data.preprocess import ImageError
-    from .predict import NonFiniteOutputError, Predictor
+    from .inference.predictor import NonFiniteOutputError, Predictor
 
     predictor = Predictor.from_checkpoint(args.checkpoint, args.which)
     status = 0

@@ -1,4 +1,4 @@
-"""A checkpoint's files on disk, checked without JAX: the model card, the per-step checksums, no links.
+"""A checkpoint's files on disk, checked without JAX: where the card is, the per-step checksums, no links.
 
 Orbax does not notice flipped bytes inside its array files (they restore as NaN weights), so every step
 holds `jaxnets_checksums.json` (size + SHA-256 of each of its files), written right after the step is
@@ -13,15 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 MODEL_CARD = "model_card.json"
 CHECKSUMS = "jaxnets_checksums.json"
-MAX_CARD_BYTES = 16 * 1024 * 1024  # a model card is a few kB; a bigger "card" is not one
-CARD_KEYS = ("model", "model_options", "num_outputs", "binary", "classes", "preprocess", "input_shape")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be trusted: a file missing, truncated or changed, a link, a special file."""
@@ -36,29 +33,6 @@ def find_checkpoint_dir(path: str | Path) -> Path:
         if (candidate / MODEL_CARD).is_file():
             return candidate
     raise FileNotFoundError(f"no {MODEL_CARD} in {path} or {path / 'checkpoints'}: not a jaxnets checkpoint")
-
-
-def read_model_card(path: str | Path) -> dict[str, Any]:
-    """The model card, checked to be a small regular JSON file holding the keys every consumer reads."""
-    card_path = find_checkpoint_dir(path) / MODEL_CARD
-    if card_path.stat().st_size > MAX_CARD_BYTES:
-        raise CheckpointError(f"{card_path} is {card_path.stat().st_size:,} bytes: not a model card")
-    try:
-        card = json.loads(card_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{card_path} is not valid JSON ({e}): the checkpoint is damaged") from None
-    missing = [k for k in CARD_KEYS if not isinstance(card, dict) or k not in card]
-    if missing:
-        raise CheckpointError(f"{card_path} lacks {', '.join(missing)}: not a jaxnets model card")
-    return card
-
-
-def write_model_card(directory: str | Path, card: dict[str, Any]) -> None:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (MODEL_CARD + ".tmp")
-    tmp.write_text(json.dumps({**card, "versions": versions()}, indent=2))
-    tmp.replace(directory / MODEL_CARD)
 
 
 def parse_which(value: str | int) -> str | int:
@@ -139,15 +113,3 @@ def verify_step(step_dir: str | Path, hashes: bool = True) -> None:
         if hashes and _sha256(found[name]) != want["sha256"]:
             raise CheckpointError(f"{found[name]} is corrupted: its SHA-256 differs from the one recorded at saving")
 
-
-def versions() -> dict[str, str]:
-    """Library versions recorded in the model card (imported here only when a card is written)."""
-    import flax
-    import jax
-    import optax
-    import orbax.checkpoint as ocp
-
-    from . import __version__
-
-    return {"jaxnets": __version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-            "orbax": getattr(ocp, "__version__", ""), "python": platform.python_version()}

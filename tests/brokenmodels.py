@@ -8,9 +8,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 
-from jaxnets.checkpoint import Checkpoints, find_checkpoint_dir, monitor_mode, read_model_card
-from jaxnets.predict import Predictor
+from jaxnets.checkpoint import Checkpoints, find_checkpoint_dir, monitor_mode
+from jaxnets.inference import Predictor, read_card
+from jaxnets.train import create_state
 
 
 def save_changed_weights(run: Path, out: Path, change: Callable[[str, np.ndarray], np.ndarray]) -> Path:
@@ -18,8 +20,10 @@ def save_changed_weights(run: Path, out: Path, change: Callable[[str, np.ndarray
     `change(path, array)` of the best step's (path like "Conv_0/kernel"). Returns `out`."""
     shutil.copytree(run, out)
     directory = find_checkpoint_dir(out)
-    monitor = read_model_card(directory).get("monitor", "val_accuracy")
+    card = read_card(directory)
+    monitor = card.monitor
     predictor = Predictor.from_checkpoint(directory)
+    _, state = create_state(card.model, card.num_outputs, card.model_options, card.input_shape, optax.sgd(0.1), 0)
     params = jax.tree_util.tree_map_with_path(
         lambda path, a: change("/".join(str(getattr(k, "key", k)) for k in path), np.asarray(a)),
         predictor.variables["params"])
@@ -27,7 +31,8 @@ def save_changed_weights(run: Path, out: Path, change: Callable[[str, np.ndarray
     try:
         step = checkpoints.latest_step() + 1
         best = 1e9 if monitor_mode(monitor) == "max" else -1e9
-        checkpoints.save(step, predictor.state.replace(params=params), {"epoch": step, "history": []},
+        state = state.replace(params=params, batch_stats=predictor.variables.get("batch_stats", {}))
+        checkpoints.save(step, state, {"epoch": step, "history": []},
                          {monitor: best})
     finally:
         checkpoints.close()

@@ -18,7 +18,7 @@ from jaxnets.data import (
     from_arrays,
     get_augment,
     load_dataset,
-    preprocess,
+    model_input,
     standardize,
     stratified_split,
     to_pixels,
@@ -278,7 +278,7 @@ def test_loader_batches_equal_single_image_preprocessing(tmp_path):
     for row in range(12):
         image = Image.open(ds.sources[row])
         np.testing.assert_array_equal(np.asarray(batch["image"][row]), to_pixels(image, spec))  # bit-exact
-        np.testing.assert_allclose(from_loader[row], preprocess(image, spec), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(from_loader[row], model_input(image, spec), rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ loader

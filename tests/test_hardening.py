@@ -17,7 +17,7 @@ import pytest
 
 from jaxnets.checkpoint import CheckpointError
 from jaxnets.cli import main
-from jaxnets.predict import Predictor
+from jaxnets.inference import Predictor
 from jaxnets.train import TrainConfig, fit
 
 RUN = dict(model="logistic_regression", data="digits", size=8, channels=1, batch_size=64, quiet=True)
@@ -231,7 +231,7 @@ def test_non_finite_weights_give_an_error_not_nan_probabilities(trained, tmp_pat
 
     predictor = Predictor.from_checkpoint(trained)
     predictor.variables = jax.tree.map(lambda a: a * np.nan, predictor.variables)
-    from jaxnets.predict import NonFiniteOutputError
+    from jaxnets.inference import NonFiniteOutputError
 
     with pytest.raises(NonFiniteOutputError, match="non-finite"):
         predictor.predict([np.zeros((8, 8), np.uint8)])
@@ -314,6 +314,6 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume_then_resume_finishes(tmp
 
 
 def test_loading_a_checkpoint_prints_no_library_noise(trained):
-    code = f"from jaxnets.predict import Predictor; Predictor.from_checkpoint({str(trained)!r}).warmup()"
+    code = f"from jaxnets.inference import Predictor; Predictor.from_checkpoint({str(trained)!r}).warmup()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr

@@ -18,9 +18,8 @@ from PIL import Image
 from serving import running_server
 
 from jaxnets.data import Loader, load_dataset
-from jaxnets.predict import Predictor
-from jaxnets.train import OptimConfig, TrainConfig, fit, probabilities
-from jaxnets.train.steps import forward
+from jaxnets.inference import Predictor, forward, probabilities
+from jaxnets.train import OptimConfig, TrainConfig, fit
 
 pytestmark = pytest.mark.slow
 MAX_REQUEST = 2_000_000
@@ -198,3 +197,17 @@ def test_bentoml_build_from_service_folder_includes_the_model(trained):
     bento_dir = trained["home"] / "bentos" / "jaxnets_classifier" / bentos[0]["tag"].split(":")[1]
     assert (bento_dir / "src" / "service.py").is_file()
     assert list((bento_dir / "env" / "python" / "wheels").glob("jaxnets-*.whl"))
+
+
+def test_the_front_process_imports_no_jax(trained):
+    """The front service's worker imports exactly this module and builds JaxnetsClassifier's state from the
+    model card; neither may pull in JAX, Flax, optax or orbax (only the model worker runs a model)."""
+    code = ("import sys, jaxnets.serving.service as s; from jaxnets.inference.card import read_card; "
+            "import bentoml; card = read_card(bentoml.models.get(s.MODEL_TAG).path); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'optax', 'orbax')); "
+            "print(card.model, heavy)")
+    env = {**os.environ, "BENTOML_HOME": str(trained["home"]), "BENTOML_DO_NOT_TRACK": "True",
+           "JAXNETS_MODEL_TAG": trained["tag"]}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "lenet5 []", out.stdout

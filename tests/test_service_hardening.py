@@ -495,13 +495,3 @@ def test_a_model_damaged_in_the_store_stops_start_up_naming_the_file(models, tmp
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-def test_front_describe_matches_the_predictor():
-    from jaxnets.predict import describe as predictor_describe
-    from jaxnets.serving.answers import describe
-
-    probs = np.random.default_rng(0).dirichlet(np.ones(5), size=4).astype(np.float32)
-    classes = ["a", "b", "c", "d", "e"]
-    for k in (1, 3, 9):
-        assert describe(probs, classes, k) == predictor_describe(probs, classes, k)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from jaxnets.data import Loader, PreprocessSpec, from_arrays, load_dataset
-from jaxnets.predict import Predictor
-from jaxnets.train import OptimConfig, StepConfig, TrainConfig, create_state, evaluate_loader, fit, make_optimizer
+from jaxnets.inference import Predictor, score
+from jaxnets.inference import make_eval_step as inference_eval_step
+from jaxnets.train import OptimConfig, StepConfig, TrainConfig, create_state, fit, make_optimizer
 from jaxnets.train.steps import make_eval_step, make_train_step
 
 TIMING = ("images_per_s", "seconds")
@@ -67,7 +68,8 @@ def test_latest_and_best_checkpoints_both_survive(digits_run):
 def test_restored_best_checkpoint_reproduces_best_val_accuracy_exactly(digits_run):
     predictor = Predictor.from_checkpoint(digits_run.out, which="best")
     val = load_dataset("digits", seed=0).val
-    result = evaluate_loader(predictor.eval_step, predictor.state, Loader(val, predictor.spec, 32))
+    eval_step = inference_eval_step(predictor.model, predictor.spec, len(predictor.classes), predictor.binary)
+    result = score(eval_step, predictor.variables, Loader(val, predictor.spec, 32).epoch(0))
     best = digits_run.history[digits_run.best_epoch - 1]
     assert best["val_accuracy"] == max(h["val_accuracy"] for h in digits_run.history)
     assert result["accuracy"] == best["val_accuracy"]
@@ -138,7 +140,7 @@ def test_partial_last_batch_is_masked_and_the_step_compiles_once(tmp_path):
     for epoch in range(2):
         for batch in loader.epoch(epoch):
             state, _ = train_step(state, batch)
-    result = evaluate_loader(eval_step, state, Loader(ds, spec, batch_size=8))
+    result = score(eval_step, state.variables, Loader(ds, spec, batch_size=8).epoch(0))
     logits = model.apply(state.variables, (images[..., None].astype(np.float32) / 255 - 0.5) / 0.5)
     exact = float(np.mean(np.argmax(np.asarray(logits), -1) == ds.labels))
     assert result["accuracy"] == pytest.approx(exact, abs=1e-9)

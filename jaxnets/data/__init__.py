@@ -1,27 +1,28 @@
-"""Data: sources → the one preprocessing path → fixed-shape batches (and augmentation for training)."""
+"""Data: sources → the one preprocessing path → fixed-shape batches (and augmentation for training).
 
-from .augment import PRESETS as AUGMENT_PRESETS
-from .augment import AugmentSpec, augment_batch, get_augment
-from .loader import Loader, decode_all, epoch_order
-from .preprocess import ImageError, PreprocessSpec, preprocess, standardize, to_pixels
-from .sources import (
-    Dataset,
-    Splits,
-    digits,
-    from_arrays,
-    idx_folder,
-    image_folder,
-    labelled_by_filename,
-    load_dataset,
-    read_idx,
-    split_dataset,
-    stratified_split,
-    tfds_splits,
-)
+Names are imported on first use (PEP 562), so that `jaxnets.data.preprocess` alone (PIL + numpy, what
+the service's front process needs) never pulls JAX in through this package.
+"""
 
-__all__ = [
-    "AUGMENT_PRESETS", "AugmentSpec", "Dataset", "ImageError", "Loader", "PreprocessSpec", "Splits",
-    "augment_batch", "decode_all", "digits", "epoch_order", "from_arrays", "get_augment", "idx_folder",
-    "image_folder", "labelled_by_filename", "load_dataset", "preprocess", "read_idx", "split_dataset",
-    "standardize", "stratified_split", "tfds_splits", "to_pixels",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "augment": ("AugmentSpec", "augment_batch", "get_augment"),
+    "loader": ("Loader", "decode_all", "epoch_order"),
+    "preprocess": ("ImageError", "PreprocessSpec", "model_input", "normalize", "standardize", "to_pixels", "to_unit"),
+    "sources": ("Dataset", "Splits", "digits", "from_arrays", "idx_folder", "image_folder", "labelled_by_filename",
+                "load_dataset", "read_idx", "split_dataset", "stratified_split", "tfds_splits"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted([*_WHERE, "AUGMENT_PRESETS"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AUGMENT_PRESETS":
+        return importlib.import_module(".augment", __name__).PRESETS
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -182,14 +181,14 @@ def to_pixels(source: ImageLike, spec: PreprocessSpec, max_pixels: int = DEFAULT
 def to_unit(images):
     """uint8 pixels → float32 in [0, 1]: the one place pixels are scaled. Anything but uint8 is refused, so
     that a float batch already in [0, 1] (or still in 0–255) can never be scaled twice, or not at all."""
-    if images.dtype != jnp.uint8:
+    if images.dtype != np.uint8:
         raise TypeError(f"pixels must be uint8 (as to_pixels makes them), got {images.dtype}")
-    return images.astype(jnp.float32) / 255.0
+    return images.astype(np.float32) / np.float32(255.0)  # numpy or jax arrays alike: no JAX import here
 
 
 def normalize(x, spec: PreprocessSpec):
     """[0, 1] float → the model's input (the spec's mean/std). Refuses uint8: scale with `to_unit` first."""
-    if x.dtype == jnp.uint8:
+    if x.dtype == np.uint8:
         raise TypeError("normalize takes [0, 1] floats; scale uint8 pixels with to_unit first")
     mean, std = spec.mean_std()
     return (x - mean) / std
@@ -201,6 +200,6 @@ def standardize(images, spec: PreprocessSpec):
     return normalize(to_unit(images), spec)
 
 
-def preprocess(source: ImageLike, spec: PreprocessSpec) -> np.ndarray:
+def model_input(source: ImageLike, spec: PreprocessSpec) -> np.ndarray:
     """One image → float32 model input (H, W, C): the composition of the two halves above."""
     return np.asarray(standardize(to_pixels(source, spec)[None], spec)[0])

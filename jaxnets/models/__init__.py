@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from .alexnet import AlexNet
@@ -20,7 +21,7 @@ from .mlp import MLP
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .vgg import VGG, VGG_CONFIGS
 
-__all__ = ["MODEL_OPTIONS", "ModelEntry", "create_model", "get_entry", "list_models"]
+__all__ = ["MODEL_OPTIONS", "ModelEntry", "create_model", "get_entry", "init_variables", "list_models"]
 
 # Option names users type that differ from the module field that holds them.
 _ALIASES = {"init": "weight_init"}
@@ -130,3 +131,9 @@ def create_model(name: str, num_classes: int, **options: Any) -> nn.Module:
     if isinstance(module, MLP):
         module.activations()  # checks the per-layer activation list against the hidden sizes
     return module
+
+
+def init_variables(model, input_shape: tuple[int, ...], seed: int) -> dict:
+    """Initialise a model for inputs of `input_shape` (H, W, C) with a key made from `seed`."""
+    key = jax.random.PRNGKey(seed)
+    return model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)

@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ..checkpoint import MODEL_CARD, Checkpoints, find_checkpoint_dir, read_model_card, verify_step
+from ..inference.card import read_card, write_card
+from ..integrity import find_checkpoint_dir, verify_step
 
 DEFAULT_NAME = "jaxnets-classifier"
 
@@ -19,22 +20,24 @@ def package_checkpoint(checkpoint: str | Path, name: str = DEFAULT_NAME, which: 
     one appeared in between)."""
     import bentoml
 
+    from ..checkpoint import Checkpoints  # orbax: imported here, so the service's front never loads it
+
     directory = find_checkpoint_dir(checkpoint)
-    card = read_model_card(directory)
-    checkpoints = Checkpoints(directory, card.get("monitor", "val_accuracy"), read_only=True)
+    card = read_card(directory)
+    checkpoints = Checkpoints(directory, card.monitor, read_only=True)
     try:
         step = checkpoints.resolve(which)
     finally:
         checkpoints.close()
     verify_step(directory / str(step))
-    metrics = {k: v for k, v in (card.get("test") or {}).items() if isinstance(v, (int, float))}
+    metrics = {k: v for k, v in (card.test or {}).items() if isinstance(v, (int, float))}
     with bentoml.models.create(
         name,
-        labels={"framework": "jax", "model": card["model"]},
-        metadata={"model": card["model"], "classes": card["classes"], "step": step, "monitor": card.get("monitor"),
-                  "best": json.dumps(card.get("best")), **{f"test_{k}": v for k, v in metrics.items()}},
+        labels={"framework": "jax", "model": card.model},
+        metadata={"model": card.model, "classes": list(card.classes), "step": step, "monitor": card.monitor,
+                  "best": json.dumps(card.best), **{f"test_{k}": v for k, v in metrics.items()}},
     ) as model:
         target = Path(model.path)
         shutil.copytree(directory / str(step), target / str(step), symlinks=True)
-        (target / MODEL_CARD).write_text(json.dumps({**card, "packaged_step": step}, indent=2))
+        write_card(target, card.replace(packaged_step=step), stamp=False)
     return str(model.tag)

@@ -19,7 +19,6 @@ and the front door's JAXNETS_READ_TIMEOUT_S, JAXNETS_MAX_UPLOADS, JAXNETS_QUEUE_
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -30,10 +29,12 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument
 
-from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessSpec, to_pixels
-from ..integrity import CheckpointError, read_model_card, verify_step
-from .answers import describe, non_finite_rows
-from .guard import FormSpec, FrontDoor, Limits, positive_int
+from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageError, to_pixels
+from ..inference.answers import describe, non_finite_rows
+from ..inference.card import read_card
+from ..integrity import CheckpointError, verify_step
+from .guard import FrontDoor
+from .multipart import FormSpec, Limits, positive_int
 from .package import DEFAULT_NAME
 
 log = logging.getLogger("jaxnets.service")
@@ -62,8 +63,7 @@ def _load_model_ref():
               "`jaxnets package --checkpoint RUN_DIR`, or set JAXNETS_MODEL_TAG.", file=sys.stderr, flush=True)
         raise
     try:
-        card = read_model_card(model.path)
-        verify_step(Path(model.path) / str(card.get("packaged_step")))
+        verify_step(Path(model.path) / str(read_card(model.path).packaged_step))
     except (CheckpointError, OSError) as e:
         print(f"jaxnets: model {MODEL_TAG!r} is damaged, not serving it: {e}", file=sys.stderr, flush=True)
         raise
@@ -114,13 +114,13 @@ class JaxnetsModel:
     model_ref = MODEL_REF
 
     def __init__(self) -> None:
-        from ..predict import Predictor
+        from ..inference.predictor import Predictor
 
         self.predictor = Predictor.from_checkpoint(self.model_ref.path, which="best",
                                                    buckets=sorted({1, 8, MAX_BATCH}))
         self.predictor.warmup()
         self._check_finite()
-        log.info("model %s ready: %s, classes %s", MODEL_TAG, self.predictor.card["model"], self.predictor.classes)
+        log.info("model %s ready: %s, classes %s", MODEL_TAG, self.predictor.card.model, self.predictor.classes)
 
     def _check_finite(self) -> None:
         """Refuse to start on a model whose warm-up output (a batch of black images, as `warmup` compiles
@@ -128,8 +128,7 @@ class JaxnetsModel:
         A model broken only for some inputs is caught per request by the front (503)."""
         probes = np.zeros((1, *self.predictor.spec.shape), np.uint8)
         if non_finite_rows(self.predictor.predict_pixels(probes)):
-            card = self.predictor.card
-            message = (f"jaxnets: model {MODEL_TAG!r} ({card['model']}, step {card.get('restored_step')}) gives "
+            message = (f"jaxnets: model {MODEL_TAG!r} ({self.predictor.card.model}, step {self.predictor.step}) gives "
                        "non-finite probabilities on its warm-up input: its weights are broken (NaN or inf); "
                        "not serving it. Package a good checkpoint.")
             print(message, file=sys.stderr, flush=True)
@@ -148,9 +147,9 @@ class JaxnetsClassifier:
     model = bentoml.depends(JaxnetsModel)
 
     def __init__(self) -> None:
-        card = json.loads((Path(self.model_ref.path) / "model_card.json").read_text())
-        self.classes: list[str] = list(card["classes"])
-        self.spec = PreprocessSpec.from_dict(card["preprocess"])
+        card = read_card(self.model_ref.path)
+        self.classes: list[str] = list(card.classes)
+        self.spec = card.preprocess
 
     def _pixels(self, upload: Path, what: str) -> np.ndarray:
         # sizes, fields and file-ness were checked by the front door: `upload` is a file the client sent

@@ -1,14 +1,12 @@
-"""Training: config, state, jitted steps, optimizers, metrics and the fit loop."""
+"""Training: config, state, the jitted train step, optimizers and the fit loop."""
 
 from .config import TrainConfig
-from .loop import FitResult, NonFiniteLossError, TrainingInterrupted, evaluate_loader, fit
-from .metrics import format_report, per_class_report
+from .loop import FitResult, NonFiniteLossError, TrainingInterrupted, fit
 from .optim import OptimConfig, make_optimizer
 from .state import TrainState, create_state
-from .steps import StepConfig, forward, make_eval_step, make_train_step, probabilities
+from .steps import StepConfig, make_eval_step, make_train_step
 
 __all__ = [
     "FitResult", "NonFiniteLossError", "OptimConfig", "StepConfig", "TrainConfig", "TrainState", "TrainingInterrupted",
-    "create_state", "evaluate_loader", "fit", "format_report", "forward", "make_eval_step", "make_optimizer",
-    "make_train_step", "per_class_report", "probabilities",
+    "create_state", "fit", "make_eval_step", "make_optimizer", "make_train_step",
 ]

@@ -27,13 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpoints, find_checkpoint_dir, read_model_card, write_model_card
+from ..checkpoint import Checkpoints
 from ..data.augment import get_augment
 from ..data.loader import Loader
 from ..data.sources import Splits, load_dataset
+from ..inference.card import ModelCard, read_card, write_card
+from ..inference.metrics import format_report, means, per_class_report
+from ..inference.scoring import score
 from ..report import curves_png, history_csv
 from .config import TrainConfig
-from .metrics import format_report, means, per_class_report
 from .optim import current_lr, make_optimizer
 from .rundir import RunDir
 from .state import TrainState, create_state
@@ -42,10 +44,8 @@ from .steps import StepConfig, make_eval_step, make_train_step
 log = logging.getLogger("jaxnets.train")
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds")
-# what a resumed run may not change: the weights of the saved run would not fit, or would mean something else
-_FIXED_ON_RESUME = ("model", "model_options", "num_outputs", "binary", "classes", "input_shape")
 
-__all__ = ["FitResult", "NonFiniteLossError", "TrainConfig", "TrainingInterrupted", "evaluate_loader", "fit"]
+__all__ = ["FitResult", "NonFiniteLossError", "TrainConfig", "TrainingInterrupted", "fit"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,14 +74,8 @@ def _binary(cfg: TrainConfig, num_classes: int) -> bool:
 _add_sums = jax.jit(lambda total, sums: jax.tree.map(jnp.add, total, sums))
 
 
-def evaluate_loader(eval_step, state, loader: Loader) -> dict[str, Any]:
-    """Sum the eval step's metric sums over a whole split; means computed once, at the end."""
-    total = None
-    for batch in loader.epoch(0):
-        sums = eval_step(state, batch)
-        total = sums if total is None else _add_sums(total, sums)
-    total = jax.device_get(total)
-    return {**means(total), "confusion": np.asarray(total["confusion"])}
+def _score(prep: _Prepared, state: TrainState, loader: Loader) -> dict[str, Any]:
+    return score(prep.eval_step, state.variables, loader.epoch(0))
 
 
 def _write_history(run: RunDir, history: list[dict[str, float]]) -> None:
@@ -108,7 +102,7 @@ class _Best:
         else:
             self.waited += 1
 
-    def card(self, monitor: str) -> dict[str, Any]:
+    def record(self, monitor: str) -> dict[str, Any]:
         return {"epoch": self.epoch, "metric": monitor, "value": self.value}
 
 
@@ -124,7 +118,7 @@ class _Prepared:
     train_step: Any
     eval_step: Any
     schedule: Any
-    card: dict[str, Any]
+    card: ModelCard
 
 
 def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
@@ -151,31 +145,29 @@ def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
     num_outputs = 1 if binary else len(classes)
     model, state = create_state(cfg.model, num_outputs, model_options, spec.shape, tx, cfg.seed, train_loader.mesh)
     step_cfg = StepConfig(spec, len(classes), binary, cfg.label_smoothing, get_augment(cfg.augment))
-    card = {
-        "model": cfg.model, "model_options": model_options, "num_outputs": num_outputs, "binary": binary,
-        "classes": classes, "preprocess": spec.to_dict(), "input_shape": list(spec.shape),
-        "monitor": cfg.monitor, "train_config": cfg.to_dict(),
-    }
+    card = ModelCard(model=cfg.model, model_options=model_options, classes=tuple(classes), binary=binary,
+                     preprocess=spec, monitor=cfg.monitor, train_config=cfg.to_dict())
     return _Prepared(splits, train_loader, loader(splits.val, False), loader(splits.test, False), state,
                      make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg), schedule, card)
 
 
-def _check_resumable(run: RunDir, card: dict[str, Any]) -> None:
-    """Refuse, before anything is written, a resume whose model, classes or input differ from the saved run's."""
-    saved = read_model_card(find_checkpoint_dir(run.checkpoints))
-    changed = [k for k in _FIXED_ON_RESUME
-               if json.dumps(saved.get(k), sort_keys=True) != json.dumps(card[k], sort_keys=True, default=list)
-               and not (k == "model_options" and _same_but_dtype(saved.get(k), card[k]))]
+def _check_resumable(run: RunDir, card: ModelCard) -> None:
+    """Refuse, before anything is written, a resume whose model, classes or input differ from the saved run's.
+    The compute dtype may change: parameters are float32 either way."""
+    before, now = _what_weights_fit(read_card(run.checkpoints)), _what_weights_fit(card)
+    changed = [k for k in before if before[k] != now[k]]
     if changed:
-        diffs = "; ".join(f"{k}: saved {saved.get(k)!r}, now {card[k]!r}" for k in changed)
+        diffs = "; ".join(f"{k}: saved {before[k]!r}, now {now[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {run.path} with a different {', '.join(changed)} ({diffs}); "
                          "use another --out, or --overwrite to start that run again")
 
 
-def _same_but_dtype(saved: dict | None, now: dict) -> bool:
-    """The compute dtype may change on resume: parameters are float32 either way."""
-    strip = lambda d: json.dumps({k: v for k, v in (d or {}).items() if k != "dtype"}, sort_keys=True)  # noqa: E731
-    return strip(saved) == strip(now)
+def _what_weights_fit(card: ModelCard) -> dict[str, Any]:
+    """What a resumed run may not change: the saved weights would not fit, or would mean something else."""
+    options = {k: v for k, v in card.model_options.items() if k != "dtype"}
+    fields = {"model": card.model, "model_options": options, "classes": list(card.classes), "binary": card.binary,
+              "input_shape": list(card.input_shape)}
+    return json.loads(json.dumps(fields, default=list))  # tuples and lists compare equal once in JSON form
 
 
 def _resume(cfg: TrainConfig, run: RunDir, prep: _Prepared) -> tuple[TrainState, list[dict[str, float]], int]:
@@ -249,7 +241,7 @@ def _train_epoch(cfg: TrainConfig, prep: _Prepared, state: TrainState, epoch: in
 
 
 def _epoch_row(prep: _Prepared, state: TrainState, epoch: int, train: dict, seconds: float) -> dict[str, float]:
-    val = evaluate_loader(prep.eval_step, state, prep.val_loader) if prep.val_loader else {}
+    val = _score(prep, state, prep.val_loader) if prep.val_loader else {}
     return {
         "epoch": epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
         "val_loss": val.get("loss"), "val_accuracy": val.get("accuracy"),
@@ -275,7 +267,7 @@ def _final_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, checkpoints: C
     metrics: dict[str, Any] = {"best": {"epoch": best_step, "metric": cfg.monitor, "value": best.value},
                                "classes": classes}
     if prep.test_loader is not None:
-        test = evaluate_loader(prep.eval_step, best_state, prep.test_loader)
+        test = _score(prep, best_state, prep.test_loader)
         metrics["test"] = {
             "accuracy": test["accuracy"], "loss": test["loss"],
             "confusion_matrix": test["confusion"].astype(int).tolist(),
@@ -286,7 +278,7 @@ def _final_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, checkpoints: C
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in prep.splits.skipped]
     run.write("metrics.json", json.dumps(metrics, indent=2))
     test_card = {k: metrics["test"][k] for k in ("accuracy", "loss")} if "test" in metrics else None
-    write_model_card(run.checkpoints, {**prep.card, "best": metrics["best"], "test": test_card})
+    write_card(run.checkpoints, prep.card.replace(best=metrics["best"], test=test_card))
     return metrics
 
 
@@ -316,7 +308,7 @@ def _run_epochs(loop: _Loop, state: TrainState, history: list[dict[str, float]],
         best.update(row[cfg.monitor], epoch + 1)
         loop.checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history},
                               {cfg.monitor: row[cfg.monitor]})
-        write_model_card(loop.run.checkpoints, {**prep.card, "best": best.card(cfg.monitor)})
+        write_card(loop.run.checkpoints, prep.card.replace(best=best.record(cfg.monitor)))
         _write_history(loop.run, history)
         _print_epoch(cfg, row)
         if loop.stop.is_set():  # Ctrl-C during validation or saving: the epoch is complete and saved
@@ -350,7 +342,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], N
     best = _Best(checkpoints.mode, cfg.min_delta)
     for h in history:  # a resumed run replays its history: same best, same patience count
         best.update(h[cfg.monitor], h["epoch"])
-    write_model_card(run.checkpoints, {**prep.card, "best": best.card(cfg.monitor)})
+    write_card(run.checkpoints, prep.card.replace(best=best.record(cfg.monitor)))
     progress: list = []
     try:
         with _stop_on_ctrl_c() as stop:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..models import create_model
+from ..models import create_model, init_variables
 from ..sharding import replicated
 
 
@@ -24,12 +24,6 @@ class TrainState:
     @property
     def variables(self) -> dict:
         return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
-
-
-def init_variables(model, input_shape: tuple[int, ...], seed: int) -> dict:
-    """Initialise a model for inputs of `input_shape` (H, W, C) with a key made from `seed`."""
-    key = jax.random.PRNGKey(seed)
-    return model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
 
 
 def create_state(model_name: str, num_classes: int, model_options: dict, input_shape: tuple[int, ...],

@@ -1,8 +1,6 @@
-"""The jitted steps. Pure functions of (state, batch); nothing here knows about files or epochs.
-
-`forward` is the single eval-mode function from uint8 pixels to logits: the eval step, `Predictor` and
-the service all call it, which is what makes serving answer exactly what evaluation measured.
-"""
+"""The jitted training step: a pure function of (state, batch); nothing here knows about files or epochs.
+Evaluation is inference's step over the state's variables (inference/scoring.py): the one eval-mode
+`forward` that Predictor and the service use too."""
 
 from __future__ import annotations
 
@@ -15,8 +13,9 @@ import optax
 
 from .. import runtime
 from ..data.augment import AugmentSpec, augment_batch
-from ..data.preprocess import PreprocessSpec, normalize, standardize, to_unit
-from .metrics import loss_and_predictions, summed
+from ..data.preprocess import PreprocessSpec, normalize, to_unit
+from ..inference.metrics import loss_and_predictions, summed
+from ..inference.scoring import make_eval_step as inference_eval_step
 from .state import TrainState
 
 
@@ -27,23 +26,6 @@ class StepConfig:
     binary: bool
     label_smoothing: float = 0.0
     augment: AugmentSpec = field(default_factory=AugmentSpec)
-
-
-def forward(model, spec: PreprocessSpec) -> Callable:
-    """(variables, uint8 images [N,H,W,C]) → float32 logits, eval mode."""
-
-    def apply(variables, images):
-        return model.apply(variables, standardize(images, spec), train=False)
-
-    return apply
-
-
-def probabilities(logits, binary: bool):
-    """Class probabilities; a binary head's single logit becomes [P(class 0), P(class 1)]."""
-    if binary:
-        p1 = jax.nn.sigmoid(logits[:, 0])
-        return jnp.stack([1 - p1, p1], axis=-1)
-    return jax.nn.softmax(logits, axis=-1)
 
 
 def make_train_step(model, tx, cfg: StepConfig) -> Callable:
@@ -78,12 +60,5 @@ def make_train_step(model, tx, cfg: StepConfig) -> Callable:
 
 
 def make_eval_step(model, cfg: StepConfig) -> Callable:
-    """eval_step(state, batch) → metric sums with the confusion matrix. Only params/batch_stats are read."""
-    apply = forward(model, cfg.spec)
-
-    def eval_step(state: TrainState, batch):
-        logits = apply(state.variables, batch["image"])
-        loss, preds = loss_and_predictions(logits, batch["label"], cfg.binary, 0.0)
-        return summed(loss, preds, batch["label"], batch["mask"], cfg.num_classes)
-
-    return runtime.jit(eval_step)
+    """eval_step(variables, batch) → metric sums with the confusion matrix: inference's, for the step's config."""
+    return inference_eval_step(model, cfg.spec, cfg.num_classes, cfg.binary)

@@ -1,5 +1,5 @@
-"""Turning probabilities into answers, JAX-free: the service's front imports this instead of
-jaxnets.predict, which would pull flax, optax and orbax into a process that never runs a model."""
+"""Turning probabilities into answers, JAX-free: the Predictor and the service's front process (which never
+runs a model and must not import JAX) share these."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import numpy as np
 
 
 def describe(probs: np.ndarray, classes: Sequence[str], top_k: int = 5) -> list[dict[str, Any]]:
-    """Probabilities → [{"label", "probabilities": {class: p}, "top_k": [{"label", "probability"}]}].
-    The same answer as jaxnets.predict.describe (a test holds them equal)."""
+    """Probabilities → [{"label", "probabilities": {class: p}, "top_k": [{"label", "probability"}]}]."""
     k = max(1, min(top_k, len(classes)))
     results = []
     for row in np.asarray(probs):

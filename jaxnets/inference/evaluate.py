@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .data.loader import Loader
-from .data.sources import Dataset, folder_kind, image_folder, load_dataset
-from .predict import Predictor
-from .train.loop import evaluate_loader
-from .train.metrics import per_class_report
+from ..data.loader import Loader
+from ..data.sources import Dataset, folder_kind, image_folder, load_dataset
+from .metrics import per_class_report
+from .predictor import restore_model
+from .scoring import make_eval_step, score
 
 
 def _remap(ds: Dataset, classes: list[str]) -> Dataset:
@@ -32,14 +32,15 @@ def evaluation_set(data: str, classes: list[str], seed: int = 0, data_dir: str |
 def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 64, which: str = "best",
                         data_dir: str | None = None) -> dict[str, Any]:
     """The `test` part of metrics.json for this checkpoint on this data."""
-    predictor = Predictor.from_checkpoint(checkpoint, which=which)
-    seed = int(predictor.card.get("train_config", {}).get("seed", 0))
-    ds = evaluation_set(data, predictor.classes, seed, data_dir)
-    loader = Loader(ds, predictor.spec, batch_size)
-    result = evaluate_loader(predictor.eval_step, predictor.state, loader)
+    model, variables, card, _ = restore_model(checkpoint, which)
+    classes = list(card.classes)
+    seed = int((card.train_config or {}).get("seed", 0))
+    ds = evaluation_set(data, classes, seed, data_dir)
+    loader = Loader(ds, card.preprocess, batch_size)
+    result = score(make_eval_step(model, card.preprocess, len(classes), card.binary), variables, loader.epoch(0))
     return {
         "accuracy": result["accuracy"], "loss": result["loss"],
         "confusion_matrix": result["confusion"].astype(int).tolist(),
-        "per_class": per_class_report(result["confusion"], predictor.classes),
+        "per_class": per_class_report(result["confusion"], classes),
         "images": len(loader), "skipped": [{"path": p, "reason": r} for p, r in ds.skipped],
     }

@@ -7,7 +7,6 @@ runs on an already-compiled function.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,41 +15,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import runtime
-from .checkpoint import Checkpoints, find_checkpoint_dir, read_model_card
-from .data.preprocess import DEFAULT_MAX_PIXELS, ImageLike, PreprocessSpec, to_pixels
-from .models import create_model
-from .train.state import TrainState, init_variables
-from .train.steps import StepConfig, forward, make_eval_step, probabilities
+from .. import runtime
+from ..checkpoint import Checkpoints
+from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageLike, to_pixels
+from ..integrity import find_checkpoint_dir
+from ..models import create_model, init_variables
+from .answers import describe, non_finite_rows
+from .card import ModelCard, read_card
+from .scoring import forward, probabilities
 
 DEFAULT_BUCKETS = (1, 8, 32)
+
+__all__ = ["DEFAULT_BUCKETS", "NonFiniteOutputError", "Predictor", "describe", "restore_model"]
 
 
 class NonFiniteOutputError(RuntimeError):
     """The model produced NaN or infinite probabilities: its weights are broken, so no answer is given."""
 
 
-def describe(probs: np.ndarray, classes: Sequence[str], top_k: int = 5) -> list[dict[str, Any]]:
-    """Probabilities → [{"label", "probabilities": {class: p}, "top_k": [{"label", "probability"}]}]."""
-    k = max(1, min(top_k, len(classes)))
-    results = []
-    for row in np.asarray(probs):
-        order = np.argsort(-row, kind="stable")[:k]
-        results.append({
-            "label": classes[int(order[0])],
-            "probabilities": {c: float(p) for c, p in zip(classes, row, strict=True)},
-            "top_k": [{"label": classes[int(i)], "probability": float(row[i])} for i in order],
-        })
-    return results
+def restore_model(path: str | Path, which: str | int = "best") -> tuple[Any, dict, ModelCard, int]:
+    """(model, variables, card, step) of a checkpoint, its files verified; nothing of the optimizer is read."""
+    directory = find_checkpoint_dir(path)
+    card = read_card(directory)
+    model = create_model(card.model, card.num_outputs, **card.model_options)
+    template = jax.eval_shape(lambda: init_variables(model, card.input_shape, 0))
+    template = {"params": template["params"], "batch_stats": template.get("batch_stats", {})}
+    checkpoints = Checkpoints(directory, card.monitor, read_only=True)
+    try:
+        restored, step = checkpoints.restore_variables(which, template)
+    finally:
+        checkpoints.close()
+    variables = {"params": restored["params"]}
+    if restored.get("batch_stats"):
+        variables["batch_stats"] = restored["batch_stats"]
+    return model, variables, card, step
 
 
 class Predictor:
-    def __init__(self, model, variables: dict, card: dict[str, Any], buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.model, self.variables, self.card = model, variables, card
-        self.classes: list[str] = list(card["classes"])
-        self.binary: bool = bool(card["binary"])
-        self.spec = PreprocessSpec.from_dict(card["preprocess"])
+    """Probabilities for images, from plain variables and the card's preprocessing."""
+
+    def __init__(self, model, variables: dict, card: ModelCard, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, step: int | None = None):
+        self.model, self.variables, self.card, self.step = model, variables, card, step
+        self.classes: list[str] = list(card.classes)
+        self.binary: bool = card.binary
+        self.spec = card.preprocess
         self.buckets = tuple(sorted(set(buckets)))
         self.max_pixels = max_pixels
         apply = forward(model, self.spec)
@@ -58,34 +67,12 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, which: str | int = "best", **kwargs) -> Predictor:
-        """`path` is a run directory or its checkpoints/ folder; `which` is "best", "latest" or an epoch."""
-        directory = find_checkpoint_dir(path)
-        card = read_model_card(directory)
-        model = create_model(card["model"], int(card["num_outputs"]), **card["model_options"])
-        template = jax.eval_shape(lambda: init_variables(model, tuple(card["input_shape"]), 0))
-        template = {"params": template["params"], "batch_stats": template.get("batch_stats", {})}
-        checkpoints = Checkpoints(directory, card.get("monitor", "val_accuracy"), read_only=True)
-        try:
-            restored, step = checkpoints.restore_variables(which, template)
-        finally:
-            checkpoints.close()
-        variables = {"params": restored["params"]}
-        if restored.get("batch_stats"):
-            variables["batch_stats"] = restored["batch_stats"]
-        return cls(model, variables, {**card, "restored_step": step}, **kwargs)
+        """`path` is a run directory, its checkpoints/ folder or a packaged model; `which` is "best", "latest"
+        or an epoch number."""
+        model, variables, card, step = restore_model(path, which)
+        return cls(model, variables, card, step=step, **kwargs)
 
     # -------------------------------------------------------------------------------------------- pieces
-
-    @property
-    def state(self) -> TrainState:
-        """A TrainState view (no optimizer) so the training eval step can run on these weights."""
-        return TrainState(self.variables["params"], self.variables.get("batch_stats", {}), None,
-                          jnp.zeros((), jnp.int32), jax.random.PRNGKey(0))
-
-    @functools.cached_property
-    def eval_step(self):
-        """The training eval step over these weights, jitted once per Predictor."""
-        return make_eval_step(self.model, StepConfig(self.spec, len(self.classes), self.binary))
 
     def _chunks(self, n: int) -> list[tuple[int, int]]:
         """(start, bucket) pairs covering n rows with the compiled bucket sizes."""
@@ -129,7 +116,7 @@ class Predictor:
         if isinstance(images, (str, Path, bytes, bytearray)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
             images = [images]
         probs = self.predict_pixels(self.pixels(list(images)))
-        if not np.isfinite(probs).all():
-            raise NonFiniteOutputError(f"{self.card['model']} produced non-finite probabilities: its weights "
-                                       f"(restored step {self.card.get('restored_step')}) are broken")
+        if non_finite_rows(probs):
+            raise NonFiniteOutputError(f"{self.card.model} produced non-finite probabilities: its weights "
+                                       f"(restored step {self.step}) are broken")
         return self.describe(probs, top_k)

@@ -1,0 +1,138 @@
+"""ModelCard: the contract between training and every use of a checkpoint (predict, evaluate, package,
+the service). Frozen, versioned, validated when read; `read_card` and `write_card` are its only reader and
+writer. JAX-free, so the service's front process can read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.preprocess import PreprocessSpec
+from ..integrity import MODEL_CARD, CheckpointError, find_checkpoint_dir
+
+CARD_VERSION = 1
+MAX_CARD_BYTES = 16 * 1024 * 1024  # a model card is a few kB; a bigger "card" is not one
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a checkpoint is: the model to rebuild, its classes, the preprocessing its inputs need, and how it
+    was chosen and scored. `binary` models have one output (a sigmoid logit) for two classes."""
+
+    model: str
+    model_options: Mapping[str, Any]
+    classes: tuple[str, ...]
+    binary: bool
+    preprocess: PreprocessSpec
+    monitor: str = "val_accuracy"
+    best: Mapping[str, Any] | None = None  # {"epoch", "metric", "value"}
+    test: Mapping[str, Any] | None = None  # {"accuracy", "loss"} of the best checkpoint on the test split
+    train_config: Mapping[str, Any] | None = None
+    packaged_step: int | None = None  # the step a model store holds (set by `jaxnets package`)
+    versions: Mapping[str, str] = field(default_factory=dict)
+    card_version: int = CARD_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "model_options", dict(self.model_options))
+        self.validate()
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.binary else len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.preprocess.shape
+
+    def validate(self) -> None:
+        """Raise CheckpointError for a card no consumer could use, saying what is wrong."""
+        problems = []
+        if not isinstance(self.model, str) or not self.model:
+            problems.append(f"model must be a model name, not {self.model!r}")
+        if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
+            problems.append(f"classes must be non-empty names, not {list(self.classes)!r}")
+        elif len(set(self.classes)) != len(self.classes):
+            problems.append(f"classes repeat: {list(self.classes)!r}")
+        if self.binary and len(self.classes) != 2:
+            problems.append(f"a binary model has 2 classes, not {len(self.classes)}")
+        if not isinstance(self.card_version, int) or self.card_version > CARD_VERSION:
+            problems.append(f"card version {self.card_version!r} is newer than this jaxnets reads ({CARD_VERSION}):"
+                            " upgrade jaxnets")
+        if problems:
+            raise CheckpointError("invalid model card: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> ModelCard:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**d, "classes": list(self.classes), "preprocess": self.preprocess.to_dict(),
+                "num_outputs": self.num_outputs, "input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
+        """The card from its JSON form; derived keys (num_outputs, input_shape) are checked, not trusted."""
+        if not isinstance(d, Mapping):
+            raise CheckpointError(f"invalid model card: a JSON object is expected, not {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [k for k in ("model", "model_options", "classes", "binary", "preprocess") if k not in d]
+        if missing:
+            raise CheckpointError(f"invalid model card: {', '.join(missing)} missing")
+        try:
+            card = cls(**{k: v for k, v in d.items() if k in known and k != "preprocess"},
+                       preprocess=PreprocessSpec.from_dict(d["preprocess"]))
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"invalid model card: {e}") from None
+        for key, value in (("num_outputs", card.num_outputs), ("input_shape", list(card.input_shape))):
+            if key in d and d[key] != value:
+                raise CheckpointError(f"invalid model card: {key} is {d[key]!r} but the classes and preprocessing "
+                                      f"give {value!r}")
+        return card
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The card of a run directory, its checkpoints/ folder or a packaged model: a small regular JSON file."""
+    card_path = find_checkpoint_dir(path) / MODEL_CARD
+    if card_path.stat().st_size > MAX_CARD_BYTES:
+        raise CheckpointError(f"{card_path} is {card_path.stat().st_size:,} bytes: not a model card")
+    try:
+        data = json.loads(card_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{card_path} is not valid JSON ({e}): the checkpoint is damaged") from None
+    try:
+        return ModelCard.from_dict(data)
+    except CheckpointError as e:
+        raise CheckpointError(f"{card_path}: {e}") from None
+
+
+def write_card(directory: str | Path, card: ModelCard, stamp: bool = True) -> None:
+    """Write the card atomically (a reader never sees half a card); `stamp` records this process's library
+    versions (training does; packaging keeps the versions the model was trained with)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if stamp:
+        card = card.replace(versions=versions())
+    tmp = directory / f".{MODEL_CARD}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(card.to_dict(), indent=2, default=list))
+    tmp.replace(directory / MODEL_CARD)
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded in the card (imported here only when a card is written, by training)."""
+    import flax
+    import jax
+    import optax
+    import orbax.checkpoint as ocp
+
+    from .. import __version__
+
+    return {"jaxnets": __version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "orbax": getattr(ocp, "__version__", ""), "python": platform.python_version()}
