@@ -86,6 +86,8 @@ class ModelCard:
         missing = [k for k in ("model", "model_options", "classes", "binary", "preprocess") if k not in d]
         if missing:
             raise CheckpointError(f"invalid model card: {', '.join(missing)} missing")
+        if not isinstance(d["classes"], list) or not isinstance(d["model_options"], Mapping):
+            raise CheckpointError("invalid model card: classes must be a list and model_options an object")
         try:
             card = cls(**{k: v for k, v in d.items() if k in known and k != "preprocess"},
                        preprocess=PreprocessSpec.from_dict(d["preprocess"]))
