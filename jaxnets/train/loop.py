@@ -1,7 +1,7 @@
 """fit(): epochs of training and validation, the best and latest checkpoints, resume, early stopping,
 and the final test report. Everything a run writes lands in `config.out`, through `RunDir`:
 
-  .jaxnets-run.json  config.json  history.json  history.csv  curves.png  metrics.json
+  .jaxnets-run.json  config.json  split.json  history.json  history.csv  curves.png  metrics.json
   checkpoints/{<epoch>/, model_card.json}
 
 A start is checked (read-only), prepared (data, model, a resumed state: may fail or be refused) and only
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import Checkpoints
 from ..data.augment import get_augment
 from ..data.loader import Loader
+from ..data.record import split_record
 from ..data.sources import Splits, load_dataset
 from ..inference.card import ModelCard, read_card, write_card
 from ..inference.metrics import format_report, means, per_class_report
@@ -325,6 +326,14 @@ def _interrupted(cfg: TrainConfig, progress: list, checkpoints: Checkpoints) -> 
     return TrainingInterrupted(f"interrupted {where}; {saved}")
 
 
+def _write_start(run: RunDir, cfg: TrainConfig, prep: _Prepared, in_memory: bool) -> None:
+    """config.json (what the run is) and split.json (which examples it trains, validates and tests on)."""
+    run.write("config.json", json.dumps(cfg.to_dict(), indent=2, default=list))
+    record = split_record(None if in_memory else cfg.data, prep.splits, val_split=cfg.val_split,
+                          test_split=cfg.test_split, seed=cfg.seed, labels=cfg.labels, data_dir=cfg.data_dir)
+    run.write("split.json", json.dumps(record, indent=1))
+
+
 def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], None] | None = None) -> FitResult:
     """Train `cfg.model` on `cfg.data` (or the given splits); see the module docstring for what is written.
     `on_start` is called once the start is accepted (data read, a resumed state restored), before epoch one."""
@@ -337,7 +346,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], N
     run.claim(cfg.overwrite)
     if on_start is not None:
         on_start()
-    run.write("config.json", json.dumps(cfg.to_dict(), indent=2, default=list))
+    _write_start(run, cfg, prep, in_memory=splits is not None)
     checkpoints = Checkpoints(run.checkpoints, cfg.monitor)
     best = _Best(checkpoints.mode, cfg.min_delta)
     for h in history:  # a resumed run replays its history: same best, same patience count

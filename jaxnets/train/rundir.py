@@ -23,7 +23,7 @@ from pathlib import Path
 from ..checkpoint import MODEL_CARD, TRASH, CheckpointError, verify_step
 
 MARKER = ".jaxnets-run.json"
-RUN_FILES = ("config.json", "history.json", "history.csv", "curves.png", "metrics.json")
+RUN_FILES = ("config.json", "split.json", "history.json", "history.csv", "curves.png", "metrics.json")
 CHECKPOINTS = "checkpoints"
 _ORBAX_TMP = re.compile(r"^\d+\.orbax-checkpoint-tmp(-\d+)?$")
 
