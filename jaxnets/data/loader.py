@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,29 @@ def decode_all(dataset: Dataset, spec: PreprocessSpec, progress: bool = False) -
     return out, dataset.labels
 
 
+def available_memory() -> int:
+    """Bytes this machine can still give (MemAvailable), or its physical memory where /proc is missing."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_batch_fits(batch_size: int, spec: PreprocessSpec) -> None:
+    """Refuse, before decoding anything, a batch that cannot fit in memory: its uint8 pixels on the host and
+    their float32 copy on the device, twice over for the step's own buffers. Activations come on top, so
+    passing this is necessary, not sufficient; failing it is certain."""
+    pixels = batch_size * int(np.prod(spec.shape))
+    needed, free = pixels * (1 + 4) * 2, available_memory()
+    if needed > free:
+        raise ValueError(f"a batch of {batch_size} images of {spec.height}×{spec.width}×{spec.channels} needs about "
+                         f"{needed / 2**30:,.1f} GiB before any activation, and {free / 2**30:,.1f} GiB are free: "
+                         "lower --size or --batch-size")
+
+
 def epoch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
     """(index[steps, B], mask[steps, B]) for one epoch: a permutation from (seed, epoch), padded to full batches."""
     order = np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n) if shuffle else np.arange(n)
@@ -97,16 +121,20 @@ class Loader:
         if self.batch_size % n_dev:
             raise ValueError(f"batch size {self.batch_size} must be a multiple of the {n_dev} devices")
         self.sharding = batch_sharding(self.mesh)
+        check_batch_fits(self.batch_size, self.spec)
+        # decided before anything is decoded: the cache never has to be built to find out it is too big
         self.streaming = len(self.dataset) * int(np.prod(self.spec.shape)) > self.memory_budget
         if not self.streaming:
             images, labels = decode_all(self.dataset, self.spec, self.progress)
             if len(labels) == 0:
                 raise ValueError(f"no readable image in {self.dataset.name or 'the dataset'}")
+            self.labels = labels
             self._images = jax.device_put(images, replicated(self.mesh))
             self._labels = jax.device_put(labels, replicated(self.mesh))
             self._n = len(labels)
             self._gather = jax.jit(_gather, out_shardings=self.sharding)
         else:
+            self.labels = self.dataset.labels  # decoded as it streams: unreadable files are found then
             self._n = len(self.dataset)
 
     def __len__(self) -> int:

@@ -21,6 +21,11 @@ from .preprocess import ImageLike, PreprocessSpec, to_pixels
 log = logging.getLogger("jaxnets.data")
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# folders and files that operating systems, archivers and tools leave beside photos: never classes, never
+# images, not worth a warning (names starting with "." — .DS_Store, ._AppleDouble, .ipynb_checkpoints,
+# .git — are ignored too)
+SYSTEM_NAMES = {"__macosx", "__pycache__", "$recycle.bin", "system volume information", "@eadir", "thumbs.db",
+                "desktop.ini", "lost+found"}
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
 
@@ -108,10 +113,41 @@ def split_dataset(ds: Dataset, val: float = 0.1, test: float = 0.1, seed: int = 
 
 # ---------------------------------------------------------------------------------------------- folders
 
+def is_ignored(path: Path) -> bool:
+    """Hidden or system entries (see SYSTEM_NAMES): skipped silently wherever folders are read."""
+    return path.name.startswith(".") or path.name.lower() in SYSTEM_NAMES
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why a symbolic link cannot be followed (dangling, or a loop), or None for anything else."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "symbolic link loop"
+    except OSError as e:
+        return "symbolic link loop" if "loop" in str(e).lower() else "dangling symbolic link (its target is missing)"
+    return None
+
+
+def _entries(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+    """A folder's entries, sorted, without hidden/system ones; broken links are reported in `skipped`."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if is_ignored(p):
+            continue
+        if reason := _broken_link(p):
+            skipped.append((str(p), reason))
+            continue
+        out.append(p)
+    return out
+
+
 def _image_files(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     files = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+    for p in _entries(folder, skipped):
+        if not p.is_file():
             continue
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped.append((str(p), f"unsupported file type {p.suffix or '(none)'}"))
@@ -122,31 +158,46 @@ def _image_files(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     return files
 
 
+def class_folders(root: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """The class folders of `root`: its subfolders, less hidden/system ones and broken links."""
+    return [p for p in _entries(root, skipped if skipped is not None else []) if p.is_dir()]
+
+
 def _report(skipped: list[tuple[str, str]]) -> None:
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
 
 
 def image_folder(root: str | Path, classes: Sequence[str] | None = None) -> Dataset:
-    """`root/<class>/*.jpg` (torchvision ImageFolder layout); classes sorted by folder name."""
+    """`root/<class>/*.jpg` (torchvision ImageFolder layout); classes sorted by folder name. A class folder
+    without a single candidate image is refused: it would be a class the model can never learn or be
+    scored on."""
     root = Path(root)
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    skipped: list[tuple[str, str]] = []
+    folders = class_folders(root, skipped)
     names = [p.name for p in folders]
     if classes is not None:
         unknown = sorted(set(names) - set(classes))
         if unknown:
             raise ValueError(f"{root}: class folder(s) {unknown} are not among the training classes {list(classes)}")
     classes = list(classes) if classes is not None else names
-    skipped: list[tuple[str, str]] = []
     sources, labels = [], []
     for folder in folders:
         files = _image_files(folder, skipped)
+        if not files:
+            raise ValueError(f"class folder {folder} holds no image file ({_why_empty(folder, skipped)}): remove it, "
+                             "or put its images in")
         sources += files
         labels += [classes.index(folder.name)] * len(files)
     _report(skipped)
     if not sources:
         raise ValueError(f"no readable image in {root} (expected {root}/<class>/*.jpg|png|…)")
     return Dataset(classes, sources, np.asarray(labels), skipped, root.name)
+
+
+def _why_empty(folder: Path, skipped: list[tuple[str, str]]) -> str:
+    bad = [reason for path, reason in skipped if Path(path).parent == folder]
+    return f"{len(bad)} file(s) skipped: {bad[0]}…" if bad else "it is empty"
 
 
 def _filename_labels(files: Sequence[Path]) -> list[str]:
@@ -178,6 +229,9 @@ def labelled_by_filename(root: str | Path, labels: Sequence[str] | None = None) 
     _report(skipped)
     if not sources:
         raise ValueError(f"no readable image labelled by file name in {root} (labels {labels})")
+    unmatched = [lab for k, lab in enumerate(labels) if k not in set(ys)]
+    if unmatched:
+        raise ValueError(f"no file name in {root} contains the label(s) {unmatched}: a class without images")
     return Dataset(labels, sources, np.asarray(ys), skipped, root.name)
 
 
@@ -301,8 +355,8 @@ def _from_examples(classes, images, labels, name) -> Dataset:
 
 def _split_folders(root: Path) -> dict[str, Path]:
     found = {}
-    for p in root.iterdir():
-        if p.is_dir() and p.name.lower() in SPLIT_NAMES:
+    for p in class_folders(root):
+        if p.name.lower() in SPLIT_NAMES:
             found[SPLIT_NAMES[p.name.lower()]] = p
     return found if "train" in found else {}
 
@@ -327,11 +381,24 @@ def load_dataset(
     seed: int = 0,
     labels: Sequence[str] | None = None,
     data_dir: str | None = None,
+    min_classes: int = 2,
 ) -> Splits:
     """`digits`, `tfds:NAME`, or a folder (IDX files / split folders / class folders / flat + labels).
 
-    Splits a source does not provide are carved out of its training part, stratified, with `seed`."""
-    spec = str(spec)
+    Splits a source does not provide are carved out of its training part, stratified, with `seed`. Data
+    with fewer than `min_classes` classes is refused: one class trains to a loss of 0 and "accuracy 1.0"
+    that mean nothing (evaluation of new photos of one class passes min_classes=1)."""
+    splits = _load(str(spec), val_split, test_split, seed, labels, data_dir)
+    present = sorted({int(y) for part in (splits.train, splits.val, splits.test) for y in part.labels})
+    if len(present) < min_classes:
+        found = [splits.classes[i] for i in present]
+        raise ValueError(f"{spec} holds {len(present)} class(es) {found}: a classifier needs at least "
+                         f"{min_classes} (class folders, or labels in the file names)")
+    return splits
+
+
+def _load(spec: str, val_split: float, test_split: float, seed: int, labels: Sequence[str] | None,
+          data_dir: str | None) -> Splits:
     if spec == "digits":
         return split_dataset(digits(), val_split, test_split, seed)
     if spec.startswith("tfds:"):
@@ -366,6 +433,6 @@ def folder_kind(root: str | Path) -> str:
         return "idx"
     if _split_folders(root):
         return "splits"
-    if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+    if class_folders(root):
         return "classes"
     return "flat"

@@ -127,6 +127,8 @@ def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
     splits = splits or load_dataset(cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
                                     labels=cfg.labels, data_dir=cfg.data_dir)
     classes = list(splits.classes)
+    if len(classes) < 2:
+        raise ValueError(f"the data has {len(classes)} class(es) {classes}: a classifier needs at least 2 classes")
     binary = _binary(cfg, len(classes))
     spec = cfg.preprocess_spec()
     if not len(splits.val) and cfg.monitor.startswith("val_"):
@@ -141,6 +143,7 @@ def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
     train_loader = loader(splits.train, True)
     if train_loader is None:
         raise ValueError(f"no training images in {cfg.data}")
+    _check_every_class_trains(classes, train_loader)
     tx, schedule = make_optimizer(cfg.optim, train_loader.steps_per_epoch, cfg.epochs)
     model_options = {**cfg.model_options, "dtype": cfg.dtype}
     num_outputs = 1 if binary else len(classes)
@@ -150,6 +153,16 @@ def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
                      preprocess=spec, monitor=cfg.monitor, train_config=cfg.to_dict())
     return _Prepared(splits, train_loader, loader(splits.val, False), loader(splits.test, False), state,
                      make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg), schedule, card)
+
+
+def _check_every_class_trains(classes: list[str], loader: Loader) -> None:
+    """A class without a single readable training image cannot be learnt: refuse instead of training a model
+    that never predicts it (its files may all have been unreadable, or all carved into val/test)."""
+    counts = np.bincount(np.asarray(loader.labels), minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if empty:
+        raise ValueError(f"class(es) {empty} have no readable image in the training split: every file was skipped "
+                         "or carved into validation/test; add images, or lower --val-split/--test-split")
 
 
 def _check_resumable(run: RunDir, card: ModelCard) -> None:
