@@ -63,3 +63,10 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
     else:
         path.write_bytes(payload)
     return path
+
+
+def palette_with_transparency(rgb: np.ndarray, path_or_buffer) -> None:
+    """Save `rgb` as a palette PNG whose colour at (0, 0) is transparent (mode P + a tRNS chunk): the
+    palette + alpha case, written so that it really is one (checked by the caller)."""
+    img = Image.fromarray(rgb).convert("P")
+    img.save(path_or_buffer, format="PNG", transparency=img.getpixel((0, 0)))

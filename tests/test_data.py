@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from imagefiles import bomb_png, pattern, truncated_jpeg, write_class_folder, write_idx, write_image
+from imagefiles import (
+    bomb_png,
+    palette_with_transparency,
+    pattern,
+    truncated_jpeg,
+    write_class_folder,
+    write_idx,
+    write_image,
+)
 from PIL import Image
 
 from jaxnets.data import (
@@ -238,6 +246,15 @@ def test_modes_are_converted_to_the_channels_the_model_wants(tmp_path):
     Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
     assert to_pixels(tmp_path / "palette.png", rgb_spec)[..., 0].min() > 200
 
+    two = np.zeros((8, 8, 3), np.uint8)
+    two[:, 4:] = (0, 0, 255)  # left black (made transparent), right blue
+    palette_with_transparency(two, tmp_path / "palette_alpha.png")
+    with Image.open(tmp_path / "palette_alpha.png") as check:
+        assert check.mode == "P" and "transparency" in check.info  # really palette + alpha
+    px = to_pixels(tmp_path / "palette_alpha.png", rgb_spec)
+    assert (px[:, :4] == 255).all()  # transparent → white background, as RGBA is
+    assert (px[:, 4:] == (0, 0, 255)).all()
+
     Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "deep.png")
     assert abs(int(to_pixels(tmp_path / "deep.png", grey_spec).mean()) - round(40000 / 65535 * 255)) <= 1
 
@@ -294,16 +311,18 @@ def test_epoch_order_covers_every_example_once_and_pads_with_a_mask():
     assert not np.array_equal(index[mask], other[mask])
 
 
-def test_loader_same_seed_same_batches_and_fixed_shapes():
+def test_loader_batches_follow_the_seeded_epoch_order_with_fixed_shapes():
     ds = from_arrays(np.stack([np.full((4, 4), i, np.uint8) for i in range(11)]), np.arange(11) % 2)
     spec = PreprocessSpec(4, 4, 1)
-    a = list(Loader(ds, spec, 4, shuffle=True, seed=5).epoch(2))
-    b = list(Loader(ds, spec, 4, shuffle=True, seed=5).epoch(2))
-    assert [x["image"].shape for x in a] == [(4, 4, 4, 1)] * 3
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x["image"], y["image"])
-    values = np.concatenate([np.asarray(x["image"])[np.asarray(x["mask"]), 0, 0, 0] for x in a])
-    assert sorted(values.tolist()) == list(range(11))
+    batches = list(Loader(ds, spec, 4, shuffle=True, seed=5).epoch(2))
+    assert [x["image"].shape for x in batches] == [(4, 4, 4, 1)] * 3
+    # image i is filled with the value i: the batches must hold exactly epoch_order's permutation
+    index, mask = epoch_order(11, 4, seed=5, epoch=2, shuffle=True)
+    seen = np.stack([np.asarray(x["image"])[:, 0, 0, 0] for x in batches])
+    np.testing.assert_array_equal(seen[mask], index[mask])
+    np.testing.assert_array_equal(np.stack([np.asarray(x["mask"]) for x in batches]), mask)
+    assert sorted(seen[mask].tolist()) == list(range(11))
+    np.testing.assert_array_equal(np.stack([np.asarray(x["label"]) for x in batches])[mask], index[mask] % 2)
 
 
 def test_streaming_loader_masks_a_file_that_breaks_mid_run(tmp_path):

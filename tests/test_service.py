@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from imagefiles import bomb_png, truncated_jpeg
+from imagefiles import bomb_png, palette_with_transparency, truncated_jpeg
 from PIL import Image
 from serving import running_server
 
@@ -124,24 +124,34 @@ def test_bad_input_gets_4xx_with_a_message_and_the_server_keeps_serving(server, 
     assert "pixels" in _post(server, "/predict", _bad_inputs(tmp_path)["decompression bomb"][1]).text
 
 
-def test_unusual_image_modes_are_converted_not_refused(server):
+def test_unusual_image_modes_are_converted_not_refused(server, trained):
     rgb = np.zeros((20, 20, 3), np.uint8)
     rgb[5:15, 8:12] = 255
+    images = {
+        "cmyk.jpg": ("CMYK", Image.fromarray(rgb).convert("CMYK")),
+        "grey16.png": ("I;16", Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)),
+        "grey.png": ("L", Image.fromarray(rgb[..., 0])),
+        "rgba.png": ("RGBA", Image.fromarray(np.dstack([rgb, np.full((20, 20), 200, np.uint8)]), "RGBA")),
+    }
     cases = {}
-    for mode, img in {
-        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
-        "grey16.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
-        "palette_alpha.png": Image.fromarray(np.dstack([rgb, np.full((20, 20), 128, np.uint8)]), "RGBA").convert("PA")
-        if hasattr(Image, "PA") else Image.fromarray(rgb).convert("P"),
-        "grey.png": Image.fromarray(rgb[..., 0]),
-        "rgba.png": Image.fromarray(np.dstack([rgb, np.full((20, 20), 200, np.uint8)]), "RGBA"),
-    }.items():
+    for name, (_, img) in images.items():
         buf = io.BytesIO()
-        img.save(buf, format="JPEG" if mode.endswith(".jpg") else "PNG")
-        cases[mode] = buf.getvalue()
+        img.save(buf, format="JPEG" if name.endswith(".jpg") else "PNG")
+        cases[name] = buf.getvalue()
+    buf = io.BytesIO()
+    palette_with_transparency(rgb, buf)
+    cases["palette_alpha.png"] = buf.getvalue()
+    expected_modes = {**{k: m for k, (m, _) in images.items()}, "palette_alpha.png": "P"}
+    predictor = Predictor.from_checkpoint(trained["run"])
     for name, data in cases.items():
+        with Image.open(io.BytesIO(data)) as check:  # each case really is the mode it is named after
+            assert check.mode == expected_modes[name], (name, check.mode)
+            assert name != "palette_alpha.png" or "transparency" in check.info
         r = _one(server, data, name=name)
         assert r.status_code == 200, (name, r.text)
+        want = predictor.predict([data])[0]["probabilities"]  # the same conversion as the one preprocessing path
+        got = r.json()["probabilities"]
+        assert all(abs(got[c] - want[c]) < 1e-5 for c in want), name
 
 
 def test_health_and_metrics_endpoints(server):

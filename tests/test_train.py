@@ -235,15 +235,6 @@ def test_bfloat16_training_keeps_float32_params(tmp_path):
     assert all(p.dtype == np.float32 for p in jax.tree.leaves(predictor.variables["params"]))
 
 
-def test_cli_help_explains_every_train_option():
-    out = _cli("train", "--help")
-    assert out.returncode == 0
-    for option in ("--model", "--data", "--val-split", "--size", "--channels", "--epochs", "--batch-size",
-                   "--optimizer", "--lr", "--schedule", "--augment", "--dtype", "--seed", "--out", "--resume",
-                   "--patience", "--quiet"):
-        assert option in out.stdout
-
-
 def test_cli_evaluate_matches_the_runs_test_metrics(digits_run):
     out = _cli("evaluate", "--checkpoint", str(digits_run.out), "--data", "digits", "--json")
     assert out.returncode == 0, out.stderr
