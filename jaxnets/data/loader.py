@@ -5,7 +5,9 @@ jitted steps compile once; the last partial batch is padded and its padding rows
 
 Small datasets (MNIST, digits, a few thousand photos) are decoded once into a uint8 array that lives on
 the device(s); an epoch is then one permutation and a gather per batch, no host work. Datasets bigger than
-`memory_budget` bytes stream instead: decoded per batch by a thread pool, a bounded queue ahead.
+`memory_budget` bytes (or half of the free memory) stream instead: decoded per batch by a thread pool, a
+bounded queue ahead. Both are decided from the sizes before anything is decoded, and a batch too big for the
+memory at all (`--size 30000`) is refused with a ValueError then.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +33,46 @@ log = logging.getLogger("jaxnets.data")
 
 Batch = dict[str, jax.Array]
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of decoded uint8 pixels kept in memory before streaming instead
+# batches alive at once: the one being built or used plus the prefetched ones (and XLA's temporaries)
+BATCH_MEMORY_FACTOR = 2
 
 
 def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use: MemAvailable (Linux), else the physical memory, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):,.1f} GiB"
+
+
+def check_batch_fits(spec: PreprocessSpec, batch_size: int, available: int | None) -> None:
+    """Refuse, before anything is allocated, a batch that cannot fit in memory (a `--size 30000` typo would
+    otherwise end in the OOM killer or a swap storm): B×H×W×C uint8 pixels on the host plus their float32
+    copy on the device, times BATCH_MEMORY_FACTOR. `available` None (unknown) checks nothing."""
+    pixels = batch_size * int(np.prod(spec.shape))
+    needed = pixels * (1 + 4) * BATCH_MEMORY_FACTOR
+    if available is not None and needed > available:
+        h, w, c = spec.shape
+        raise ValueError(
+            f"size {h}×{w}×{c} with batch size {batch_size} needs about {_gib(needed)} per batch "
+            f"({batch_size}×{h}×{w}×{c} uint8 pixels on the host + their float32 copy on the device, "
+            f"×{BATCH_MEMORY_FACTOR} in flight) but only {_gib(available)} of memory is available; "
+            f"use a smaller --size or --batch-size")
 
 
 def decode_all(dataset: Dataset, spec: PreprocessSpec, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -65,29 +102,6 @@ def decode_all(dataset: Dataset, spec: PreprocessSpec, progress: bool = False) -
     if not ok.all():
         return out[ok], dataset.labels[ok]
     return out, dataset.labels
-
-
-def available_memory() -> int:
-    """Bytes this machine can still give (MemAvailable), or its physical memory where /proc is missing."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_batch_fits(batch_size: int, spec: PreprocessSpec) -> None:
-    """Refuse, before decoding anything, a batch that cannot fit in memory: its uint8 pixels on the host and
-    their float32 copy on the device, twice over for the step's own buffers. Activations come on top, so
-    passing this is necessary, not sufficient; failing it is certain."""
-    pixels = batch_size * int(np.prod(spec.shape))
-    needed, free = pixels * (1 + 4) * 2, available_memory()
-    if needed > free:
-        raise ValueError(f"a batch of {batch_size} images of {spec.height}×{spec.width}×{spec.channels} needs about "
-                         f"{needed / 2**30:,.1f} GiB before any activation, and {free / 2**30:,.1f} GiB are free: "
-                         "lower --size or --batch-size")
 
 
 def epoch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -121,9 +135,12 @@ class Loader:
         if self.batch_size % n_dev:
             raise ValueError(f"batch size {self.batch_size} must be a multiple of the {n_dev} devices")
         self.sharding = batch_sharding(self.mesh)
-        check_batch_fits(self.batch_size, self.spec)
-        # decided before anything is decoded: the cache never has to be built to find out it is too big
-        self.streaming = len(self.dataset) * int(np.prod(self.spec.shape)) > self.memory_budget
+        available = available_memory()
+        check_batch_fits(self.spec, self.batch_size, available)
+        # decided from the sizes alone, before any decoding: the cache would be n × H × W × C bytes, held on the
+        # host while decoding and again on the device, so it must also fit in half of the free memory
+        budget = self.memory_budget if available is None else min(self.memory_budget, available // 2)
+        self.streaming = self.cache_bytes > budget
         if not self.streaming:
             images, labels = decode_all(self.dataset, self.spec, self.progress)
             if len(labels) == 0:
@@ -136,6 +153,11 @@ class Loader:
         else:
             self.labels = self.dataset.labels  # decoded as it streams: unreadable files are found then
             self._n = len(self.dataset)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the decode-once cache of this dataset takes (uint8 pixels)."""
+        return len(self.dataset) * int(np.prod(self.spec.shape))
 
     def __len__(self) -> int:
         """Real examples per epoch (after dropping unreadable files, when cached)."""

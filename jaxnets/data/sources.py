@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,16 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocess import ImageLike, PreprocessSpec, to_pixels
+from .preprocess import ImageError, ImageLike, PreprocessSpec, to_pixels
 
 log = logging.getLogger("jaxnets.data")
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-# folders and files that operating systems, archivers and tools leave beside photos: never classes, never
-# images, not worth a warning (names starting with "." — .DS_Store, ._AppleDouble, .ipynb_checkpoints,
-# .git — are ignored too)
-SYSTEM_NAMES = {"__macosx", "__pycache__", "$recycle.bin", "system volume information", "@eadir", "thumbs.db",
-                "desktop.ini", "lost+found"}
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
 
@@ -112,55 +108,130 @@ def split_dataset(ds: Dataset, val: float = 0.1, test: float = 0.1, seed: int = 
 
 
 # ---------------------------------------------------------------------------------------------- folders
+#
+# Links: a link to a file is followed (datasets are often assembled from links); a link to a folder is followed
+# only where a folder is expected (a class or split folder) and only when it does not point back at a folder that
+# contains it. Class folders are read one level deep, so no walk is recursive and no cycle can be entered.
 
-def is_ignored(path: Path) -> bool:
-    """Hidden or system entries (see SYSTEM_NAMES): skipped silently wherever folders are read."""
-    return path.name.startswith(".") or path.name.lower() in SYSTEM_NAMES
+# Names that operating systems, tools and NAS boxes create next to user data (Finder, Jupyter, git, Python,
+# Windows, Synology). They are never classes, never split folders, never examples, and never reported: matched
+# case-insensitively, plus every dot-name (.DS_Store, .git, .ipynb_checkpoints, ._cat.1.jpg AppleDouble files).
+IGNORED_NAMES = frozenset(name.casefold() for name in (
+    "__MACOSX", "__pycache__", "$RECYCLE.BIN", "System Volume Information", "@eaDir", "lost+found",
+    "Thumbs.db", "ehthumbs.db", "desktop.ini",
+))
 
 
-def _broken_link(path: Path) -> str | None:
-    """Why a symbolic link cannot be followed (dangling, or a loop), or None for anything else."""
-    if not path.is_symlink():
-        return None
+def is_ignored(name: str) -> bool:
+    """True for hidden and system entries (see IGNORED_NAMES): they are skipped silently in every layout."""
+    return name.startswith(".") or name.casefold() in IGNORED_NAMES
+
+
+@dataclass
+class _Listing:
+    """The visible entries of one folder, sorted by name, and the ones that cannot be used, with why."""
+
+    folders: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _link_problem(path: Path, parent: Path) -> str | None:
+    """Why the symbolic link `path` cannot be used (dangling, a loop, a folder containing it), or None."""
+    target = os.readlink(path)
     try:
-        path.resolve(strict=True)
-    except RuntimeError:  # Python < 3.13 reports a loop this way
-        return "symbolic link loop"
-    except OSError as e:
-        return "symbolic link loop" if "loop" in str(e).lower() else "dangling symbolic link (its target is missing)"
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError:
+        return f"broken symbolic link: its target {target} does not exist"
+    except (OSError, RuntimeError):  # ELOOP (Python ≥ 3.13) or RuntimeError("Symlink loop") (≤ 3.12)
+        return f"symbolic link loop ({path.name} -> {target})"
+    if resolved.is_dir():
+        here = parent.resolve()
+        if resolved == here or resolved in here.parents:
+            return f"symbolic link to {resolved}, a folder that contains it: not followed (it would loop)"
     return None
 
 
-def _entries(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
-    """A folder's entries, sorted, without hidden/system ones; broken links are reported in `skipped`."""
-    out = []
-    for p in sorted(folder.iterdir()):
-        if is_ignored(p):
+def _list_folder(folder: Path) -> _Listing:
+    """Sort one folder's entries into folders, regular files and skipped ones, without following any loop.
+
+    Hidden/system names are dropped silently; dangling or looping links and special files (FIFOs, sockets,
+    devices: reading one could block forever) are reported in `skipped`."""
+    out = _Listing()
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        out.skipped.append((str(folder), f"cannot list folder: {e.strerror or e}"))
+        return out
+    for p in entries:
+        if is_ignored(p.name):
             continue
-        if reason := _broken_link(p):
-            skipped.append((str(p), reason))
-            continue
-        out.append(p)
+        problem = _link_problem(p, folder) if p.is_symlink() else None
+        if problem:
+            out.skipped.append((str(p), problem))
+        elif p.is_dir():
+            out.folders.append(p)
+        elif p.is_file():
+            out.files.append(p)
+        else:
+            out.skipped.append((str(p), "not a regular file"))
     return out
 
 
-def _image_files(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+def _image_files(folder: Path, skipped: list[tuple[str, str]], nested: str | None = None) -> list[Path]:
+    """The candidate image files directly in `folder`; everything else it holds is reported in `skipped`.
+
+    `nested` is the reason given for a subfolder (None: subfolders are not expected there and are ignored)."""
+    listing = _list_folder(folder)
+    skipped += listing.skipped
+    if nested:
+        skipped += [(str(p), nested) for p in listing.folders]
     files = []
-    for p in _entries(folder, skipped):
-        if not p.is_file():
-            continue
+    for p in listing.files:
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped.append((str(p), f"unsupported file type {p.suffix or '(none)'}"))
-        elif p.stat().st_size == 0:
-            skipped.append((str(p), "empty file (0 bytes)"))
+        elif _size(p) == 0:
+            skipped.append((str(p), "empty file (0 bytes)" if p.exists() else "disappeared while the folder was read"))
         else:
             files.append(p)
     return files
 
 
-def class_folders(root: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    """The class folders of `root`: its subfolders, less hidden/system ones and broken links."""
-    return [p for p in _entries(root, skipped if skipped is not None else []) if p.is_dir()]
+def _size(path: Path) -> int:
+    """The file's size, 0 when it cannot be read (it vanished or is not accessible): then it is reported."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+_PROBE = PreprocessSpec(4, 4, 3)  # decoding at 4×4 lets Pillow's JPEG draft mode skip most of the work
+_SHOWN = 3  # bad files quoted in a refusal message
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why `path` is not a usable image (the loader's own decoding, at a tiny size), or None when it is."""
+    try:
+        to_pixels(path, _PROBE)
+    except ImageError as e:
+        return str(e)
+    return None
+
+
+def _require_readable(files: Sequence[Path], what: str, hint: str) -> None:
+    """Refuse a class none of whose files decode: it would be a class the model never sees.
+
+    Stops at the first good file, so a healthy dataset costs one small decode per class."""
+    reasons = []
+    for f in files:
+        reason = _unreadable(f)
+        if reason is None:
+            return
+        reasons.append(f"{f.name}: {reason}")
+    if not files:
+        raise ValueError(f"{what} has no image file ({hint})")
+    shown = "; ".join(reasons[:_SHOWN]) + ("; …" if len(reasons) > _SHOWN else "")
+    raise ValueError(f"{what} has no readable image: none of its {len(files)} file(s) decodes ({shown}); {hint}")
 
 
 def _report(skipped: list[tuple[str, str]]) -> None:
@@ -168,36 +239,35 @@ def _report(skipped: list[tuple[str, str]]) -> None:
         log.warning("skipped %s: %s", path, reason)
 
 
+NESTED_FOLDER = "a folder inside a class folder: not read (class folders are read one level deep)"
+
+
 def image_folder(root: str | Path, classes: Sequence[str] | None = None) -> Dataset:
-    """`root/<class>/*.jpg` (torchvision ImageFolder layout); classes sorted by folder name. A class folder
-    without a single candidate image is refused: it would be a class the model can never learn or be
-    scored on."""
+    """`root/<class>/*.jpg` (torchvision ImageFolder layout); classes sorted by folder name.
+
+    Every class folder must hold at least one readable image (else ValueError naming it). `classes` (the training
+    classes, for val/test/evaluation folders) may be a superset of the folders: a folder with only some of the
+    classes is fine, a folder with an unknown class is an error."""
     root = Path(root)
-    skipped: list[tuple[str, str]] = []
-    folders = class_folders(root, skipped)
+    listing = _list_folder(root)
+    folders = listing.folders
     names = [p.name for p in folders]
     if classes is not None:
         unknown = sorted(set(names) - set(classes))
         if unknown:
             raise ValueError(f"{root}: class folder(s) {unknown} are not among the training classes {list(classes)}")
     classes = list(classes) if classes is not None else names
+    skipped = list(listing.skipped)
     sources, labels = [], []
     for folder in folders:
-        files = _image_files(folder, skipped)
-        if not files:
-            raise ValueError(f"class folder {folder} holds no image file ({_why_empty(folder, skipped)}): remove it, "
-                             "or put its images in")
+        files = _image_files(folder, skipped, nested=NESTED_FOLDER)
+        _require_readable(files, f"class folder {folder}", "add images to it or remove it")
         sources += files
         labels += [classes.index(folder.name)] * len(files)
     _report(skipped)
     if not sources:
         raise ValueError(f"no readable image in {root} (expected {root}/<class>/*.jpg|png|…)")
     return Dataset(classes, sources, np.asarray(labels), skipped, root.name)
-
-
-def _why_empty(folder: Path, skipped: list[tuple[str, str]]) -> str:
-    bad = [reason for path, reason in skipped if Path(path).parent == folder]
-    return f"{len(bad)} file(s) skipped: {bad[0]}…" if bad else "it is empty"
 
 
 def _filename_labels(files: Sequence[Path]) -> list[str]:
@@ -212,7 +282,8 @@ def _filename_labels(files: Sequence[Path]) -> list[str]:
 
 def labelled_by_filename(root: str | Path, labels: Sequence[str] | None = None) -> Dataset:
     """One flat folder whose file names carry the label (`cat.1.jpg`): the first label the name contains,
-    case-insensitive, in the order given. Files that match none are reported and skipped."""
+    case-insensitive, in the order given. Files that match none are reported and skipped; a label that matches
+    no readable file is an error (it would be a class the model never sees)."""
     root = Path(root)
     skipped: list[tuple[str, str]] = []
     files = _image_files(root, skipped)
@@ -229,9 +300,9 @@ def labelled_by_filename(root: str | Path, labels: Sequence[str] | None = None) 
     _report(skipped)
     if not sources:
         raise ValueError(f"no readable image labelled by file name in {root} (labels {labels})")
-    unmatched = [lab for k, lab in enumerate(labels) if k not in set(ys)]
-    if unmatched:
-        raise ValueError(f"no file name in {root} contains the label(s) {unmatched}: a class without images")
+    for k, label in enumerate(labels):
+        _require_readable([f for f, y in zip(sources, ys, strict=True) if y == k], f"label {label!r} in {root}",
+                          f"each file gets the first of the labels {labels} its name contains")
     return Dataset(labels, sources, np.asarray(ys), skipped, root.name)
 
 
@@ -354,8 +425,9 @@ def _from_examples(classes, images, labels, name) -> Dataset:
 # ---------------------------------------------------------------------------------------------- entry point
 
 def _split_folders(root: Path) -> dict[str, Path]:
+    """train/ val|validation|valid/ test/ folders (any case), or {} when there is no train folder."""
     found = {}
-    for p in class_folders(root):
+    for p in _list_folder(root).folders:
         if p.name.lower() in SPLIT_NAMES:
             found[SPLIT_NAMES[p.name.lower()]] = p
     return found if "train" in found else {}
@@ -373,6 +445,20 @@ def _carve(train: Dataset, val: Dataset | None, test: Dataset | None, val_split:
     )
 
 
+def _check_training_classes(splits: Splits, spec: str) -> None:
+    """Refuse training data a classifier cannot learn from: fewer than 2 classes (one class trains to loss 0 and
+    "accuracy 1.0" while learning nothing), or a class with no training example left after carving val/test."""
+    classes = splits.classes
+    if len(classes) < 2:
+        raise ValueError(f"{spec}: training needs at least 2 classes, found {len(classes)} {classes} (one class "
+                         f"trains to loss 0 and accuracy 1.0 and learns nothing); add the other classes' images")
+    counts = np.bincount(splits.train.labels, minlength=len(classes))[:len(classes)]
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if empty:
+        raise ValueError(f"{spec}: class(es) {empty} have no training example (after carving val/test out of "
+                         f"train); add images or lower --val-split/--test-split")
+
+
 def load_dataset(
     spec: str | Path,
     *,
@@ -381,19 +467,16 @@ def load_dataset(
     seed: int = 0,
     labels: Sequence[str] | None = None,
     data_dir: str | None = None,
-    min_classes: int = 2,
+    for_training: bool = True,
 ) -> Splits:
     """`digits`, `tfds:NAME`, or a folder (IDX files / split folders / class folders / flat + labels).
 
-    Splits a source does not provide are carved out of its training part, stratified, with `seed`. Data
-    with fewer than `min_classes` classes is refused: one class trains to a loss of 0 and "accuracy 1.0"
-    that mean nothing (evaluation of new photos of one class passes min_classes=1)."""
+    Splits a source does not provide are carved out of its training part, stratified, with `seed`.
+    `for_training` refuses data with fewer than 2 classes or a class without training examples; evaluation
+    (which only reads the test part, and may hold only some classes) passes False."""
     splits = _load(str(spec), val_split, test_split, seed, labels, data_dir)
-    present = sorted({int(y) for part in (splits.train, splits.val, splits.test) for y in part.labels})
-    if len(present) < min_classes:
-        found = [splits.classes[i] for i in present]
-        raise ValueError(f"{spec} holds {len(present)} class(es) {found}: a classifier needs at least "
-                         f"{min_classes} (class folders, or labels in the file names)")
+    if for_training:
+        _check_training_classes(splits, str(spec))
     return splits
 
 
@@ -418,6 +501,9 @@ def _load(spec: str, val_split: float, test_split: float, seed: int, labels: Seq
     if kind == "splits":
         splits = _split_folders(root)
         train = image_folder(splits["train"])
+        beside = _list_folder(root).skipped  # a broken link next to train/ is reported too
+        _report(beside)
+        train.skipped[:0] = beside
         given = {k: image_folder(p, classes=train.classes) for k, p in splits.items() if k != "train"}
         return _carve(train, given.get("val"), given.get("test"), val_split, test_split, seed)
     if kind == "classes":
@@ -427,12 +513,14 @@ def _load(spec: str, val_split: float, test_split: float, seed: int, labels: Seq
 
 def folder_kind(root: str | Path) -> str:
     """How a folder holds its data: "idx" (MNIST-style files), "splits" (train/ val/ test/ folders),
-    "classes" (one subfolder per class) or "flat" (images labelled by file name)."""
+    "classes" (one subfolder per class) or "flat" (images labelled by file name).
+
+    Hidden/system folders (IGNORED_NAMES) and looping folder links do not count as subfolders."""
     root = Path(root)
     if is_idx_folder(root):
         return "idx"
     if _split_folders(root):
         return "splits"
-    if class_folders(root):
+    if _list_folder(root).folders:
         return "classes"
     return "flat"

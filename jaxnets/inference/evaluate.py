@@ -30,7 +30,8 @@ def _remap(ds: Dataset, classes: list[str]) -> Dataset:
 def _whole(data: str, classes: list[str], data_dir: str | None) -> Dataset:
     """Data a run never saw: its own test split when it ships one (IDX test files, a test/ folder, a TFDS test
     split), else all of it."""
-    splits = load_dataset(data, val_split=0.0, test_split=0.0, labels=classes, data_dir=data_dir, min_classes=1)
+    splits = load_dataset(data, val_split=0.0, test_split=0.0, labels=classes, data_dir=data_dir,
+                          for_training=False)
     if len(splits.test):
         return splits.test
     train, val = splits.train, splits.val
