@@ -74,7 +74,7 @@ def _resume_command(argv: list[str]) -> str:
 
 
 def _train(args) -> int:
-    from .sharding import maybe_initialize_distributed
+    from .runtime.sharding import maybe_initialize_distributed
     from .train import NonFiniteLossError, TrainingInterrupted, fit
 
     cfg, announce = _train_config(args)

@@ -13,8 +13,9 @@ _EXPORTS = {
     "augment": ("AugmentSpec", "augment_batch", "get_augment"),
     "loader": ("Loader", "decode_all", "epoch_order"),
     "preprocess": ("ImageError", "PreprocessSpec", "model_input", "normalize", "standardize", "to_pixels", "to_unit"),
-    "sources": ("Dataset", "Splits", "digits", "from_arrays", "idx_folder", "image_folder", "labelled_by_filename",
-                "load_dataset", "read_idx", "split_dataset", "stratified_split", "tfds_splits"),
+    "dataset": ("Dataset", "Splits", "split_dataset", "stratified_split"),
+    "folders": ("image_folder", "labelled_by_filename"),
+    "sources": ("digits", "folder_kind", "from_arrays", "idx_folder", "load_dataset", "read_idx", "tfds_splits"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted([*_WHERE, "AUGMENT_PRESETS"])

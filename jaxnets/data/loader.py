@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..sharding import batch_sharding, data_mesh, replicated
+from ..runtime.sharding import batch_sharding, data_mesh, replicated
+from .dataset import Dataset
 from .preprocess import ImageError, PreprocessSpec
-from .sources import Dataset
 
 log = logging.getLogger("jaxnets.data")
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .sources import Dataset, Splits, load_dataset
+from .dataset import Dataset, Splits
+from .sources import load_dataset
 
 RECORD_VERSION = 1
 

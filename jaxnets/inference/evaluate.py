@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from ..data.dataset import Dataset
 from ..data.loader import Loader
 from ..data.record import is_training_data, replay_test_split
-from ..data.sources import Dataset, load_dataset
+from ..data.sources import load_dataset
 from ..integrity import find_checkpoint_dir
 from .metrics import per_class_report
 from .predictor import restore_model

@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpoints
 from ..data.augment import get_augment
+from ..data.dataset import Splits
 from ..data.loader import Loader
 from ..data.record import split_record
-from ..data.sources import Splits, load_dataset
+from ..data.sources import load_dataset
 from ..inference.card import ModelCard, read_card, write_card
 from ..inference.metrics import format_report, means, per_class_report
 from ..inference.scoring import score

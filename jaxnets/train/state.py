@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from ..models import create_model, init_variables
-from ..sharding import replicated
+from ..runtime.sharding import replicated
 
 
 @flax.struct.dataclass
