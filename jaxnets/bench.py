@@ -52,9 +52,9 @@ def bench_step(mode: str, model_name: str, batch: int, size: int, channels: int 
     """Time `steps` train or predict steps on one synthetic batch already on the device."""
     from . import runtime
     from .data.preprocess import PreprocessSpec
+    from .inference.scoring import forward, probabilities
     from .models import get_entry
-    from .train import OptimConfig, StepConfig, create_state, make_optimizer, make_train_step, probabilities
-    from .train.steps import forward
+    from .train import OptimConfig, StepConfig, create_state, make_optimizer, make_train_step
 
     entry = get_entry(model_name)
     channels = channels or entry.channels
@@ -182,43 +182,45 @@ def bench_serve(url: str, concurrency: int, requests_n: int, image: str, batch: 
 # ------------------------------------------------------------------------------------------------------ CLI
 
 def add_parser(sub) -> None:
+    from .options import positive_int
+
     p = sub.add_parser("bench", help="measure train/predict steps, data, epochs, or the service")
     modes = p.add_subparsers(dest="bench_mode", required=True)
     for mode in ("train", "predict"):
         m = modes.add_parser(mode, help=f"{mode} steps on one synthetic batch already on the device")
         m.add_argument("--model", required=True)
-        m.add_argument("--batch", type=int, default=32)
-        m.add_argument("--size", type=int, default=None)
-        m.add_argument("--channels", type=int, default=None)
+        m.add_argument("--batch", type=positive_int, default=32)
+        m.add_argument("--size", type=positive_int, default=None)
+        m.add_argument("--channels", choices=(1, 3), type=int, default=None)
         m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-        m.add_argument("--steps", type=int, default=20)
+        m.add_argument("--steps", type=positive_int, default=20)
         m.add_argument("--warmup", type=int, default=3)
         m.add_argument("--hidden-sizes", default=None, help="for mlp, e.g. 256,64")
         m.add_argument("--json", action="store_true")
         m.set_defaults(func=_cli_step, mode=mode)
     d = modes.add_parser("data", help="first-epoch decode and cached-epoch throughput of a dataset")
     d.add_argument("--data", required=True)
-    d.add_argument("--size", type=int, default=128)
-    d.add_argument("--channels", type=int, default=3)
-    d.add_argument("--batch", type=int, default=64)
+    d.add_argument("--size", type=positive_int, default=128)
+    d.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    d.add_argument("--batch", type=positive_int, default=64)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=lambda a: _emit(bench_data(a.data, a.size, a.batch, a.channels), a.json))
     e = modes.add_parser("epoch", help="whole training epochs on real data, input pipeline included")
     e.add_argument("--model", required=True)
     e.add_argument("--data", required=True)
-    e.add_argument("--size", type=int, default=None)
-    e.add_argument("--channels", type=int, default=None)
+    e.add_argument("--size", type=positive_int, default=None)
+    e.add_argument("--channels", type=int, choices=(1, 3), default=None)
     e.add_argument("--resize", default="stretch")
-    e.add_argument("--batch", type=int, default=64)
-    e.add_argument("--epochs", type=int, default=2)
+    e.add_argument("--batch", type=positive_int, default=64)
+    e.add_argument("--epochs", type=positive_int, default=2)
     e.add_argument("--lr", type=float, default=1e-3)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=lambda a: _emit(bench_epoch(a.model, a.data, a.size, a.batch, a.epochs, a.resize,
                                                     a.channels, a.lr), a.json))
     s = modes.add_parser("serve", help="requests/s and latency against a running service")
     s.add_argument("--url", default="http://127.0.0.1:3000")
-    s.add_argument("--concurrency", type=int, default=16)
-    s.add_argument("--requests", type=int, default=200)
+    s.add_argument("--concurrency", type=positive_int, default=16)
+    s.add_argument("--requests", type=positive_int, default=200)
     s.add_argument("--batch", type=int, default=0, help="images per request on /predict_batch (0: /predict)")
     s.add_argument("--image", required=True)
     s.add_argument("--json", action="store_true")

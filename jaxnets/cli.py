@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shlex
 import sys
+
+from .options import positive_int, which
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -16,21 +19,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdecimal() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
-    return int(text)
-
-
-def _which(text: str):
-    from .checkpoint import parse_which
-
-    try:
-        return parse_which(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_train(sub) -> None:
@@ -62,6 +50,8 @@ def _train_config(args):
     if "hidden_sizes" in model and not model["hidden_sizes"]:
         raise ValueError("--hidden-sizes takes comma-separated whole numbers such as 256,64")
     saved = saved_config(top.get("out", TrainConfig.out)) if top.get("resume") else None
+    if saved is not None:  # how the saved run was started (--overwrite, --quiet) is not part of what it is
+        saved = dataclasses.replace(saved, resume=False, overwrite=False, quiet=False)
     cfg = from_options(top, nested.get("optim", {}), _model_options(model), base=saved)
     diff = changes(saved, cfg) if saved is not None else []
     note = f"resuming {cfg.out}" + (f" with {'; '.join(diff)}" if diff else " with its saved options")
@@ -101,8 +91,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory or its checkpoints/ folder")
     p.add_argument("--data", required=True, help="same forms as for train")
     p.add_argument("--data-dir", default=None, help="TFDS data directory")
-    p.add_argument("--which", default="best", type=_which, help="best, latest, or an epoch number")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--which", default="best", type=which, help="best, latest, or an epoch number")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
     p.set_defaults(func=_evaluate)
 
@@ -120,8 +110,8 @@ def _evaluate(args) -> int:
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify image files with a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run directory or its checkpoints/ folder")
-    p.add_argument("--which", default="best", type=_which, help="best, latest, or an epoch number")
-    p.add_argument("--top-k", type=_positive_int, default=3)
+    p.add_argument("--which", default="best", type=which, help="best, latest, or an epoch number")
+    p.add_argument("--top-k", type=positive_int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_predict)

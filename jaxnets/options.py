@@ -19,6 +19,30 @@ from .models import MODEL_OPTIONS
 _COMMA_KINDS = {"ints": int, "strs": str}
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (batch sizes, steps, top-k): a whole number ≥ 1, else a one-line error."""
+    if not text.strip().isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
+def port(text: str) -> int:
+    """argparse type for a TCP port: 1–65535."""
+    if not text.strip().isdecimal() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1–65535, got {text!r}")
+    return int(text)
+
+
+def which(text: str) -> str | int:
+    """argparse type for --which: best, latest or an epoch number."""
+    from .integrity import parse_which
+
+    try:
+        return parse_which(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -13,25 +13,26 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from .options import port, positive_int, which
+
     p = sub.add_parser("package", help="store a checkpoint in the BentoML model store; prints the tag")
     p.add_argument("--checkpoint", required=True, help="run directory or its checkpoints/ folder")
     p.add_argument("--name", default="jaxnets-classifier", help="model name in the store")
-    p.add_argument("--which", default="best", help="best, latest, or an epoch number")
+    p.add_argument("--which", default="best", type=which, help="best, latest, or an epoch number")
     p.set_defaults(func=_package)
 
     s = sub.add_parser("serve", help="serve a packaged model over HTTP (runs `bentoml serve`)")
     s.add_argument("--model-tag", default=None, help="model tag (default: jaxnets-classifier:latest)")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=3000)
-    s.add_argument("--max-request-bytes", type=int, default=None, help="largest request accepted")
+    s.add_argument("--port", type=port, default=3000)
+    s.add_argument("--max-request-bytes", type=positive_int, default=None, help="largest request accepted")
     s.set_defaults(func=_serve)
 
 
 def _package(args) -> int:
     from .serving.package import package_checkpoint
 
-    which = int(args.which) if str(args.which).isdigit() else args.which
-    print(package_checkpoint(args.checkpoint, args.name, which))
+    print(package_checkpoint(args.checkpoint, args.name, args.which))
     return 0
 
 

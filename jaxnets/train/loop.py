@@ -33,12 +33,13 @@ from ..data.dataset import Splits
 from ..data.loader import Loader
 from ..data.record import split_record
 from ..data.sources import load_dataset
-from ..inference.card import ModelCard, read_card, write_card
+from ..inference.card import ModelCard, write_card
 from ..inference.metrics import format_report, means, per_class_report
 from ..inference.scoring import score
 from ..report import curves_png, history_csv
 from .config import TrainConfig
 from .optim import current_lr, make_optimizer
+from .resume import resume_state
 from .rundir import RunDir
 from .state import TrainState, create_state
 from .steps import StepConfig, make_eval_step, make_train_step
@@ -164,44 +165,6 @@ def _check_every_class_trains(classes: list[str], loader: Loader) -> None:
     if empty:
         raise ValueError(f"class(es) {empty} have no readable image in the training split: every file was skipped "
                          "or carved into validation/test; add images, or lower --val-split/--test-split")
-
-
-def _check_resumable(run: RunDir, card: ModelCard) -> None:
-    """Refuse, before anything is written, a resume whose model, classes or input differ from the saved run's.
-    The compute dtype may change: parameters are float32 either way."""
-    before, now = _what_weights_fit(read_card(run.checkpoints)), _what_weights_fit(card)
-    changed = [k for k in before if before[k] != now[k]]
-    if changed:
-        diffs = "; ".join(f"{k}: saved {before[k]!r}, now {now[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume {run.path} with a different {', '.join(changed)} ({diffs}); "
-                         "use another --out, or --overwrite to start that run again")
-
-
-def _what_weights_fit(card: ModelCard) -> dict[str, Any]:
-    """What a resumed run may not change: the saved weights would not fit, or would mean something else."""
-    options = {k: v for k, v in card.model_options.items() if k != "dtype"}
-    fields = {"model": card.model, "model_options": options, "classes": list(card.classes), "binary": card.binary,
-              "input_shape": list(card.input_shape)}
-    return json.loads(json.dumps(fields, default=list))  # tuples and lists compare equal once in JSON form
-
-
-def _resume(cfg: TrainConfig, run: RunDir, prep: _Prepared) -> tuple[TrainState, list[dict[str, float]], int]:
-    """(state, history, epochs done) from the latest checkpoint, verified; the fresh state when there is none."""
-    if not cfg.resume or not run.checkpoints.is_dir():
-        return prep.state, [], 0
-    checkpoints = Checkpoints(run.checkpoints, cfg.monitor, read_only=True)
-    try:
-        if checkpoints.latest_step() is None:
-            return prep.state, [], 0
-        _check_resumable(run, prep.card)
-        run.claim()  # ours (checked), nothing rewritten: completing checksums is the only write before restoring
-        checkpoints.complete_checksums()
-        checkpoints.empty_trash()
-        state, meta = checkpoints.restore_state(checkpoints.latest_step(), prep.state)
-    finally:
-        checkpoints.close()
-    log.info("resumed %s at epoch %d", run.path, int(meta["epoch"]))
-    return state, meta["history"], int(meta["epoch"])
 
 
 @contextlib.contextmanager
@@ -343,6 +306,8 @@ def _interrupted(cfg: TrainConfig, progress: list, checkpoints: Checkpoints) -> 
 def _write_start(run: RunDir, cfg: TrainConfig, prep: _Prepared, in_memory: bool) -> None:
     """config.json (what the run is) and split.json (which examples it trains, validates and tests on)."""
     run.write("config.json", json.dumps(cfg.to_dict(), indent=2, default=list))
+    if cfg.resume and (run.path / "split.json").is_file():
+        return  # the resumed run's split was checked equal to the record (resume.py): the record stays as made
     record = split_record(None if in_memory else cfg.data, prep.splits, val_split=cfg.val_split,
                           test_split=cfg.test_split, seed=cfg.seed, labels=cfg.labels, data_dir=cfg.data_dir)
     run.write("split.json", json.dumps(record, indent=1))
@@ -356,7 +321,8 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], N
     run.check(cfg.resume, cfg.overwrite)
     quiet = cfg.quiet or not sys.stderr.isatty()
     prep = _prepare(cfg, splits, quiet)
-    state, history, start_epoch = _resume(cfg, run, prep)
+    state, history, start_epoch = resume_state(cfg, run, prep.state, prep.card, prep.splits,
+                                               prep.train_loader.steps_per_epoch)
     run.claim(cfg.overwrite)
     if on_start is not None:
         on_start()

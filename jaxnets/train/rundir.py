@@ -20,12 +20,17 @@ import re
 import shutil
 from pathlib import Path
 
-from ..checkpoint import MODEL_CARD, TRASH, CheckpointError, verify_step
+from ..checkpoint import CHECKSUMS, MODEL_CARD, CheckpointError, verify_step
 
 MARKER = ".jaxnets-run.json"
 RUN_FILES = ("config.json", "split.json", "history.json", "history.csv", "curves.png", "metrics.json")
 CHECKPOINTS = "checkpoints"
-_ORBAX_TMP = re.compile(r"^\d+\.orbax-checkpoint-tmp(-\d+)?$")
+# in checkpoints/: a save cut short by a kill (orbax cleans it up), steps dropped by this run, a card write cut short
+_OURS_IN_CHECKPOINTS = re.compile(r"^(\d+\.orbax-checkpoint-tmp(-\d+)?|\.jaxnets-trash|\.model_card\.json\.\d+\.tmp)$")
+# in the run directory: a write cut short by a kill, checkpoints being deleted by --overwrite
+_OURS_IN_RUN = re.compile(r"^(\.(config|split|history|curves|metrics)\.[a-z]+\.\d+\.tmp|\.\.jaxnets-run\.json\.\d+\.tmp"
+                          r"|\.jaxnets-old-checkpoints)$")
+OLD_CHECKPOINTS = ".jaxnets-old-checkpoints"
 
 
 class RunDirError(FileExistsError):
@@ -45,6 +50,19 @@ def _writable_parent(path: Path) -> None:
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise PermissionError(f"{parent} is not writable: cannot create the run directory {path}")
             return
+
+
+def _step_problem(step: Path) -> str | None:
+    """None for a step folder jaxnets wrote: its files are exactly those of its checksum manifest (names and
+    sizes), or, when a kill came between orbax finishing the step and jaxnets writing the manifest, orbax's
+    own commit marker is there and the manifest is the only thing missing. Otherwise what is wrong."""
+    try:
+        verify_step(step, hashes=False)
+        return None
+    except CheckpointError as e:
+        if not (step / CHECKSUMS).exists() and (step / "_CHECKPOINT_METADATA").is_file():
+            return None
+        return str(e)
 
 
 class RunDir:
@@ -75,27 +93,29 @@ class RunDir:
         return _digest(path.read_bytes()) in recorded[name]
 
     def _foreign_checkpoint_entry(self, owned: bool) -> Path | None:
-        """The first entry of checkpoints/ that is not a jaxnets step, card or orbax temporary folder of ours."""
+        """The first entry of checkpoints/ that is not a jaxnets step, card or temporary entry of ours."""
+        found = self._checkpoint_problem(owned)
+        return found[0] if found else None
+
+    def _checkpoint_problem(self, owned: bool) -> tuple[Path, str] | None:
+        """(entry, why) for the first entry of checkpoints/ jaxnets cannot prove it wrote, or None."""
         if not self.checkpoints.exists() and not self.checkpoints.is_symlink():
             return None
+        foreign = "is not a jaxnets checkpoint of this run"
         if self.checkpoints.is_symlink() or not self.checkpoints.is_dir():
-            return self.checkpoints
+            return self.checkpoints, foreign
         if not owned:
-            return next(iter(sorted(self.checkpoints.iterdir())), None)  # an empty folder holds nothing to lose
+            first = next(iter(sorted(self.checkpoints.iterdir())), None)  # an empty folder holds nothing to lose
+            return (first, foreign) if first else None
         for entry in sorted(self.checkpoints.iterdir()):
-            if entry.name == MODEL_CARD and entry.is_file() and not entry.is_symlink():
+            if entry.is_symlink():
+                return entry, foreign
+            if (entry.name == MODEL_CARD and entry.is_file()) or _OURS_IN_CHECKPOINTS.match(entry.name):
                 continue
-            if (_ORBAX_TMP.match(entry.name) or entry.name == TRASH) and entry.is_dir() and not entry.is_symlink():
-                continue  # a save cut short by a kill (orbax cleans it up), or steps dropped by this run
-            if entry.name.isdecimal():
-                try:
-                    verify_step(entry, hashes=False)
-                    continue
-                except CheckpointError:
-                    if not (entry / "_CHECKPOINT_METADATA").is_file():
-                        return entry
-                    continue  # a step whose checksums a kill prevented: completed on resume
-            return entry
+            if not (entry.name.isdecimal() and entry.is_dir()):
+                return entry, foreign
+            if problem := _step_problem(entry):
+                return entry, f"does not match what jaxnets saved ({problem})"
         return None
 
     def has_run(self) -> bool:
@@ -113,10 +133,9 @@ class RunDir:
             if (path.exists() or path.is_symlink()) and not self._is_ours(name, recorded):
                 raise RunDirError(f"{path} was not written by a jaxnets run here (or was changed since); "
                                   "refusing to overwrite it: move it away or choose another --out")
-        foreign = self._foreign_checkpoint_entry(owned=recorded is not None)
-        if foreign is not None:
-            raise RunDirError(f"{foreign} is not a jaxnets checkpoint of this run; refusing to touch it: move it "
-                              "away or choose another --out")
+        found = self._checkpoint_problem(owned=recorded is not None)
+        if found is not None:
+            raise RunDirError(f"{found[0]} {found[1]}; refusing to touch it: move it away or choose another --out")
         if self.has_run() and not (resume or overwrite):
             raise RunDirError(f"{self.path} already holds a jaxnets run: pass --resume to continue it, --overwrite "
                               "to start it again, or choose another --out")
@@ -130,16 +149,32 @@ class RunDir:
         except OSError as e:
             raise OSError(e.errno, f"cannot create the run directory {self.path}: {e.strerror}") from None
         recorded = self._marker()
+        self._remove_leftovers()
         if recorded is not None and not overwrite:
             return
         if overwrite and recorded is not None:
+            if self._foreign_checkpoint_entry(owned=True) is not None:
+                raise RunDirError(f"{self._foreign_checkpoint_entry(owned=True)} appeared in {self.checkpoints}; "
+                                  "refusing to delete it")
             for name in RUN_FILES:
                 if self._is_ours(name, recorded):
                     (self.path / name).unlink()
-            if self.checkpoints.is_dir() and self._foreign_checkpoint_entry(owned=True) is None:
-                shutil.rmtree(self.checkpoints)
+            if self.checkpoints.is_dir():
+                # one atomic rename first: a kill during the deletion leaves a folder plainly ours, not half a run
+                self.checkpoints.rename(self.path / OLD_CHECKPOINTS)
+                shutil.rmtree(self.path / OLD_CHECKPOINTS)
             recorded = {}
         self._save_marker(recorded or {})
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files and deleted checkpoints a kill left behind (jaxnets' own names only)."""
+        for entry in self.path.iterdir():
+            if _OURS_IN_RUN.match(entry.name) and not entry.is_symlink():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        if self.checkpoints.is_dir() and not self.checkpoints.is_symlink():
+            for entry in self.checkpoints.glob(".model_card.json.*.tmp"):
+                if _OURS_IN_CHECKPOINTS.match(entry.name) and entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
 
     def _save_marker(self, files: dict[str, list[str]]) -> None:
         tmp = self.path / f".{MARKER}.{os.getpid()}.tmp"
