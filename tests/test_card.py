@@ -63,3 +63,39 @@ def test_a_damaged_card_on_disk_is_refused_naming_the_file_and_the_problem(tmp_p
     with pytest.raises(CheckpointError, match=says) as error:
         read_card(tmp_path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: d.update(binary="false"), "binary must be true or false"),
+    (lambda d: d.update(monitor="bogus"), "monitor must be one of"),
+    (lambda d: d["preprocess"].update(height=32.5), "whole numbers"),
+    (lambda d: d.update(packaged_step="x"), "packaged_step"),
+    (lambda d: d.update(model_options=[1, 2]), "model_options an object"),
+    (lambda d: d.update(best="yes"), "best must be an object"),
+])
+def test_a_card_with_a_wrong_type_is_refused_once_prefixed(tmp_path, edit, says):
+    write_card(tmp_path, _card())
+    path = tmp_path / "model_card.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=says) as error:
+        read_card(tmp_path)
+    assert str(error.value).count("invalid model card") == 1
+
+
+def test_a_card_is_frozen_inside_too():
+    card = _card(train_config={"optim": {"lr": 0.1}, "labels": ["a"]})
+    with pytest.raises(TypeError):
+        card.model_options["dtype"] = "bfloat16"
+    with pytest.raises(TypeError):
+        card.train_config["optim"]["lr"] = 1.0
+    assert card.to_dict()["train_config"] == {"optim": {"lr": 0.1}, "labels": ["a"]}
+
+
+def test_a_card_naming_an_unknown_model_is_refused_naming_the_file(tmp_path):
+    from jaxnets.inference import restore_model
+
+    write_card(tmp_path, _card(model="lenet9"))
+    with pytest.raises(CheckpointError, match=r"model_card.json: unknown model 'lenet9'"):
+        restore_model(tmp_path)

@@ -51,6 +51,9 @@ class PreprocessSpec:
     normalize: str = "none"
 
     def __post_init__(self):
+        sizes = (self.height, self.width, self.channels)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes):
+            raise ValueError(f"height, width and channels must be whole numbers, got {sizes}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.resize not in RESIZE_MODES:

@@ -12,6 +12,7 @@ import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..data.preprocess import PreprocessSpec
@@ -19,6 +20,25 @@ from ..integrity import MODEL_CARD, CheckpointError, find_checkpoint_dir
 
 CARD_VERSION = 1
 MAX_CARD_BYTES = 16 * 1024 * 1024  # a model card is a few kB; a bigger "card" is not one
+MONITORS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")  # what picks the best checkpoint
+
+
+def _freeze(value: Any) -> Any:
+    """Mappings → read-only mappings, lists → tuples, all the way down: a frozen card is frozen inside too."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """The JSON form of a frozen value."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -40,8 +60,14 @@ class ModelCard:
     card_version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
+        if not isinstance(self.classes, (list, tuple)) or not isinstance(self.model_options, Mapping):
+            raise CheckpointError("invalid model card: classes must be a list and model_options an object")
+        for name in ("model_options", "best", "test", "train_config", "versions"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                raise CheckpointError(f"invalid model card: {name} must be an object, not {type(value).__name__}")
+            object.__setattr__(self, name, _freeze(value) if value is not None else None)
         object.__setattr__(self, "classes", tuple(self.classes))
-        object.__setattr__(self, "model_options", dict(self.model_options))
         self.validate()
 
     @property
@@ -57,6 +83,14 @@ class ModelCard:
         problems = []
         if not isinstance(self.model, str) or not self.model:
             problems.append(f"model must be a model name, not {self.model!r}")
+        if not isinstance(self.binary, bool):
+            problems.append(f"binary must be true or false, not {self.binary!r}")
+        if not isinstance(self.preprocess, PreprocessSpec):
+            problems.append("preprocess must be a preprocessing spec")
+        if self.monitor not in MONITORS:
+            problems.append(f"monitor must be one of {', '.join(MONITORS)}, not {self.monitor!r}")
+        if self.packaged_step is not None and (not isinstance(self.packaged_step, int) or self.packaged_step < 1):
+            problems.append(f"packaged_step must be an epoch number, not {self.packaged_step!r}")
         if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
             problems.append(f"classes must be non-empty names, not {list(self.classes)!r}")
         elif len(set(self.classes)) != len(self.classes):
@@ -73,9 +107,9 @@ class ModelCard:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {**d, "classes": list(self.classes), "preprocess": self.preprocess.to_dict(),
-                "num_outputs": self.num_outputs, "input_shape": list(self.input_shape)}
+        d = {f.name: _thaw(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "preprocess"}
+        return {**d, "preprocess": self.preprocess.to_dict(), "num_outputs": self.num_outputs,
+                "input_shape": list(self.input_shape)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
@@ -86,12 +120,17 @@ class ModelCard:
         missing = [k for k in ("model", "model_options", "classes", "binary", "preprocess") if k not in d]
         if missing:
             raise CheckpointError(f"invalid model card: {', '.join(missing)} missing")
-        if not isinstance(d["classes"], list) or not isinstance(d["model_options"], Mapping):
-            raise CheckpointError("invalid model card: classes must be a list and model_options an object")
+        if not isinstance(d["classes"], list) or not isinstance(d["preprocess"], Mapping):
+            raise CheckpointError("invalid model card: classes must be a list and preprocess an object")
         try:
-            card = cls(**{k: v for k, v in d.items() if k in known and k != "preprocess"},
-                       preprocess=PreprocessSpec.from_dict(d["preprocess"]))
+            spec = PreprocessSpec.from_dict(d["preprocess"])
         except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"invalid model card: preprocess: {e}") from None
+        try:
+            card = cls(**{k: v for k, v in d.items() if k in known and k != "preprocess"}, preprocess=spec)
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as e:
             raise CheckpointError(f"invalid model card: {e}") from None
         for key, value in (("num_outputs", card.num_outputs), ("input_shape", list(card.input_shape))):
             if key in d and d[key] != value:

@@ -18,7 +18,7 @@ import numpy as np
 from .. import runtime
 from ..checkpoint import Checkpoints
 from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageLike, to_pixels
-from ..integrity import find_checkpoint_dir
+from ..integrity import MODEL_CARD, CheckpointError, find_checkpoint_dir
 from ..models import create_model, init_variables
 from .answers import describe, non_finite_rows
 from .card import ModelCard, read_card
@@ -37,7 +37,10 @@ def restore_model(path: str | Path, which: str | int = "best") -> tuple[Any, dic
     """(model, variables, card, step) of a checkpoint, its files verified; nothing of the optimizer is read."""
     directory = find_checkpoint_dir(path)
     card = read_card(directory)
-    model = create_model(card.model, card.num_outputs, **card.model_options)
+    try:
+        model = create_model(card.model, card.num_outputs, **card.model_options)
+    except ValueError as e:  # a card naming a model or option this jaxnets does not have
+        raise CheckpointError(f"{directory / MODEL_CARD}: {e}") from None
     template = jax.eval_shape(lambda: init_variables(model, card.input_shape, 0))
     template = {"params": template["params"], "batch_stats": template.get("batch_stats", {})}
     checkpoints = Checkpoints(directory, card.monitor, read_only=True)

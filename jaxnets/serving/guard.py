@@ -185,7 +185,11 @@ class FrontDoor:
 
     async def _take_slot(self) -> bool:
         """A slot among `max_uploads`, waiting up to `queue_timeout_s` (a waiting request's body stays in
-        the kernel: uvicorn stops reading a connection whose body the app has not asked for)."""
+        the kernel: uvicorn stops reading a connection whose body the app has not asked for). A free slot is
+        taken at once, whatever the timeout (wait_for with 0 would cancel even an immediate acquire)."""
+        if not self.slots.locked():
+            await self.slots.acquire()
+            return True
         try:
             await asyncio.wait_for(self.slots.acquire(), self.limits.queue_timeout_s)
             return True

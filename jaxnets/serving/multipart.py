@@ -28,7 +28,7 @@ class Refusal(Exception):
         self.status, self.message, self.headers = status, message, list(headers)
 
 
-def _env_number(name: str, default: float, kind: type = int, minimum: float = 1) -> Any:
+def env_number(name: str, default: float, kind: type = int, minimum: float = 1) -> Any:
     """A positive number from the environment; a bad value stops start-up with the variable's name."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -58,10 +58,10 @@ class Limits:
     @classmethod
     def from_env(cls) -> Limits:
         return cls(
-            max_request_bytes=_env_number("JAXNETS_MAX_REQUEST_BYTES", cls.max_request_bytes),
-            read_timeout_s=_env_number("JAXNETS_READ_TIMEOUT_S", cls.read_timeout_s, float, 0.1),
-            max_uploads=_env_number("JAXNETS_MAX_UPLOADS", cls.max_uploads),
-            queue_timeout_s=_env_number("JAXNETS_QUEUE_TIMEOUT_S", cls.queue_timeout_s, float, 0),
+            max_request_bytes=env_number("JAXNETS_MAX_REQUEST_BYTES", cls.max_request_bytes),
+            read_timeout_s=env_number("JAXNETS_READ_TIMEOUT_S", cls.read_timeout_s, float, 0.1),
+            max_uploads=env_number("JAXNETS_MAX_UPLOADS", cls.max_uploads),
+            queue_timeout_s=env_number("JAXNETS_QUEUE_TIMEOUT_S", cls.queue_timeout_s, float, 0),
         )
 
 

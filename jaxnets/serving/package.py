@@ -35,7 +35,7 @@ def package_checkpoint(checkpoint: str | Path, name: str = DEFAULT_NAME, which: 
         name,
         labels={"framework": "jax", "model": card.model},
         metadata={"model": card.model, "classes": list(card.classes), "step": step, "monitor": card.monitor,
-                  "best": json.dumps(card.best), **{f"test_{k}": v for k, v in metrics.items()}},
+                  "best": json.dumps(card.to_dict()["best"]), **{f"test_{k}": v for k, v in metrics.items()}},
     ) as model:
         target = Path(model.path)
         shutil.copytree(directory / str(step), target / str(step), symlinks=True)

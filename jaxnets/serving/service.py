@@ -34,7 +34,7 @@ from ..inference.answers import describe, non_finite_rows
 from ..inference.card import read_card
 from ..integrity import CheckpointError, verify_step
 from .guard import FrontDoor
-from .multipart import FormSpec, Limits, positive_int
+from .multipart import FormSpec, Limits, env_number, positive_int
 from .package import DEFAULT_NAME
 
 log = logging.getLogger("jaxnets.service")
@@ -42,8 +42,8 @@ log = logging.getLogger("jaxnets.service")
 MODEL_TAG = os.environ.get("JAXNETS_MODEL_TAG", f"{DEFAULT_NAME}:latest")
 LIMITS = Limits.from_env()
 MAX_REQUEST_BYTES = LIMITS.max_request_bytes
-MAX_PIXELS = int(os.environ.get("JAXNETS_MAX_PIXELS", DEFAULT_MAX_PIXELS))
-MAX_BATCH = int(os.environ.get("JAXNETS_MAX_BATCH", 32))
+MAX_PIXELS = env_number("JAXNETS_MAX_PIXELS", DEFAULT_MAX_PIXELS)
+MAX_BATCH = env_number("JAXNETS_MAX_BATCH", 32)
 MAX_BATCH_FILES = 256
 
 # what each API route takes; the front door refuses anything else before BentoML parses it

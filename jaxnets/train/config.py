@@ -13,12 +13,12 @@ from typing import Any
 from ..data.augment import PRESETS, get_augment
 from ..data.loader import DEFAULT_MEMORY_BUDGET
 from ..data.preprocess import NORMALIZATIONS, RESIZE_MODES, PreprocessSpec
+from ..inference.card import MONITORS
 from ..models import create_model, get_entry, list_models
 from ..models.layers import choose
 from .optim import OptimConfig
 
 LOSSES = ("auto", "bce", "softmax")
-MONITORS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 DTYPES = ("float32", "bfloat16")
 
 

@@ -35,10 +35,10 @@ def _refuse(run: RunDir, what: str, diffs: str) -> ValueError:
 
 
 def _what_weights_fit(card: ModelCard) -> dict[str, Any]:
-    options = {k: v for k, v in card.model_options.items() if k != "dtype"}  # parameters are float32 anyway
-    fields = {"model": card.model, "model_options": options, "classes": list(card.classes), "binary": card.binary,
-              "input_shape": list(card.input_shape)}
-    return json.loads(json.dumps(fields, default=list))  # tuples and lists compare equal once in JSON form
+    d = card.to_dict()  # the JSON form: tuples and lists compare equal
+    options = {k: v for k, v in d["model_options"].items() if k != "dtype"}  # parameters are float32 anyway
+    return {"model": d["model"], "model_options": json.loads(json.dumps(options)), "classes": d["classes"],
+            "binary": d["binary"], "input_shape": d["input_shape"]}
 
 
 def _check_weights_fit(run: RunDir, saved: ModelCard, card: ModelCard) -> None:
@@ -93,8 +93,9 @@ def resume_state(cfg: TrainConfig, run: RunDir, state: TrainState, card: ModelCa
             return state, [], 0
         saved = read_card(run.checkpoints)
         _check_weights_fit(run, saved, card)
-        _check_same_split(run, dict(saved.train_config or {}), cfg, splits)
-        _check_optimizer_fits(run, dict(saved.train_config or {}), cfg, state, steps_per_epoch)
+        saved_config = saved.to_dict()["train_config"] or {}
+        _check_same_split(run, saved_config, cfg, splits)
+        _check_optimizer_fits(run, saved_config, cfg, state, steps_per_epoch)
         run.claim()  # ours (checked), nothing rewritten: completing checksums is the only write before restoring
         checkpoints.complete_checksums()
         checkpoints.empty_trash()
