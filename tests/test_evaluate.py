@@ -35,10 +35,22 @@ def test_evaluate_on_the_training_folder_scores_exactly_the_runs_test_split(tmp_
     assert result["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)  # other batch size, other sum order
     assert result["confusion_matrix"] == metrics["test"]["confusion_matrix"]
 
-    # the same photos in a folder the run never saw: all 60 of them are scored
+    # the same photos copied elsewhere are still the run's data: its test split, not all 60 (40 were trained on)
     copy = shutil.copytree(data, tmp_path / "elsewhere")
     code, result = _evaluate(capsys, run, copy)
-    assert code == 0 and result["scored"] == "data the run never saw" and result["images"] == 60
+    assert code == 0 and result["scored"] == "the run's test split" and result["images"] == 18
+    assert result["accuracy"] == metrics["test"]["accuracy"]
+
+    # other photos of the same classes (here: re-encoded, so other files): never seen, all of them are scored
+    other = write_class_folder(tmp_path / "other", classes=("cat", "dog", "fox"), per_class=7, size=18)
+    code, result = _evaluate(capsys, run, other)
+    assert code == 0 and result["scored"] == "data the run never saw" and result["images"] == 21
+
+    # a damaged split record is one line, not a traceback
+    (run / "split.json").write_text('{"version": 1}')
+    code, err = _evaluate(capsys, run, data)
+    assert code == 2 and len(err) == 1 and "split.json is damaged" in err[0]
+    (run / "split.json").write_text(json.dumps(record))
 
     # the training folder changed: its test split cannot be replayed, and is not silently re-split
     write_image(data / "dog" / "dog_new.png", pattern(1, 16))

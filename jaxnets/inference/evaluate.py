@@ -3,7 +3,6 @@ the test split it recorded (split.json); on data it never saw, all of it (or the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import numpy as np
 
 from ..data.dataset import Dataset
 from ..data.loader import Loader
-from ..data.record import is_training_data, replay_test_split
+from ..data.record import is_training_data, read_record, replay_test_split
 from ..data.sources import load_dataset
 from ..integrity import find_checkpoint_dir
 from .metrics import per_class_report
@@ -49,10 +48,7 @@ def run_record(checkpoint: str | Path) -> dict[str, Any] | None:
     path = (directory.parent if directory.name == "checkpoints" else directory) / "split.json"
     if path.is_symlink() or not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise ValueError(f"{path} is damaged: cannot tell which images the run was tested on") from None
+    return read_record(path)
 
 
 def evaluation_set(data: str, classes: list[str], record: dict[str, Any] | None = None,

@@ -17,7 +17,7 @@ import jax
 
 from ..checkpoint import Checkpoints
 from ..data.dataset import Splits
-from ..data.record import data_root, fingerprint
+from ..data.record import data_root, fingerprint, read_record
 from ..inference.card import ModelCard, read_card
 from .config import TrainConfig
 from .optim import OptimConfig, make_optimizer
@@ -59,7 +59,7 @@ def _check_same_split(run: RunDir, saved_config: dict[str, Any], cfg: TrainConfi
     record_path = run.path / "split.json"
     if not record_path.is_file():
         return
-    record, root = json.loads(record_path.read_text()), data_root(cfg.data)
+    record, root = read_record(record_path), data_root(cfg.data)
     differ = [name for name in ("train", "val", "test")
               if fingerprint(getattr(splits, name), root) != record.get(name, {}).get("fingerprint")]
     if differ:
