@@ -113,3 +113,14 @@ def verify_step(step_dir: str | Path, hashes: bool = True) -> None:
         if hashes and _sha256(found[name]) != want["sha256"]:
             raise CheckpointError(f"{found[name]} is corrupted: its SHA-256 differs from the one recorded at saving")
 
+
+def verify_packaged(model_dir: str | Path, step: int) -> None:
+    """A packaged model (`jaxnets package`): its step verified, and its model card equal to the copy the step
+    holds under its checksums (a card edited or damaged in the store is caught like any weight file)."""
+    model_dir = Path(model_dir)
+    verify_step(model_dir / str(step))
+    card, copy = model_dir / MODEL_CARD, model_dir / str(step) / MODEL_CARD
+    if not copy.is_file():
+        raise CheckpointError(f"{copy} is missing: the packaged model cannot be verified (package it again)")
+    if card.is_symlink() or card.read_bytes() != copy.read_bytes():
+        raise CheckpointError(f"{card} differs from the card packaged with the model: changed or damaged")

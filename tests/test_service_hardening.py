@@ -56,7 +56,7 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening")
     run = fit(TrainConfig(model="lenet5", data="digits", epochs=1, batch_size=64, optim=OptimConfig(lr=2e-3),
                           out=str(root / "run"), quiet=True)).out
-    runs = {"jaxnets-classifier": run, "jaxnets-damaged": run,
+    runs = {"jaxnets-classifier": run, "jaxnets-damaged": run, "jaxnets-card-edited": run,
             "jaxnets-nan": save_changed_weights(Path(run), root / "nan", all_nan),
             "jaxnets-inf": save_changed_weights(Path(run), root / "inf", infinite_first_kernel)}
     home = root / "bentoml"
@@ -472,6 +472,23 @@ def test_a_model_with_nan_weights_refuses_to_start(models, tmp_path):
         with contextlib.suppress(OSError):
             urllib.request.urlopen(f"{url}/readyz", timeout=2)
             pytest.fail("something still answers on the port")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_model_card_edited_in_the_store_stops_start_up(models, tmp_path):
+    card = next((models["home"] / "models" / "jaxnets-card-edited").glob("*/model_card.json"))
+    card.write_text(card.read_text().replace('"0"', '"zero"', 1))  # still a valid card: only the copy tells
+    log = tmp_path / "serve.log"
+    proc, _, port = _jaxnets_serve(models, "jaxnets-card-edited:latest", log)
+    try:
+        code = proc.wait(timeout=120)
+        text = log.read_text(errors="replace")
+        assert code != 0, text[-2000:]
+        line = next(x for x in text.splitlines() if x.startswith("jaxnets: model"))
+        assert "model_card.json differs from the card packaged with the model" in line
+        assert _port_free(port)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..inference.card import read_card, write_card
-from ..integrity import find_checkpoint_dir, verify_step
+from ..integrity import find_checkpoint_dir, verify_step, write_checksums
 
 DEFAULT_NAME = "jaxnets-classifier"
 
@@ -39,5 +39,10 @@ def package_checkpoint(checkpoint: str | Path, name: str = DEFAULT_NAME, which: 
     ) as model:
         target = Path(model.path)
         shutil.copytree(directory / str(step), target / str(step), symlinks=True)
-        write_card(target, card.replace(packaged_step=step), stamp=False)
+        verify_step(target / str(step))  # the copy is whole
+        packaged = card.replace(packaged_step=step)
+        write_card(target, packaged, stamp=False)
+        # a copy of the card inside the step, under its checksums: the service's contract is verified too
+        write_card(target / str(step), packaged, stamp=False)
+        write_checksums(target / str(step))
     return str(model.tag)

@@ -32,7 +32,7 @@ from bentoml.exceptions import InvalidArgument
 from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageError, to_pixels
 from ..inference.answers import describe, non_finite_rows
 from ..inference.card import read_card
-from ..integrity import CheckpointError, verify_step
+from ..integrity import CheckpointError, verify_packaged
 from .guard import FrontDoor
 from .multipart import FormSpec, Limits, env_number, positive_int
 from .package import DEFAULT_NAME
@@ -63,7 +63,7 @@ def _load_model_ref():
               "`jaxnets package --checkpoint RUN_DIR`, or set JAXNETS_MODEL_TAG.", file=sys.stderr, flush=True)
         raise
     try:
-        verify_step(Path(model.path) / str(read_card(model.path).packaged_step))
+        verify_packaged(model.path, read_card(model.path).packaged_step)
     except (CheckpointError, OSError) as e:
         print(f"jaxnets: model {MODEL_TAG!r} is damaged, not serving it: {e}", file=sys.stderr, flush=True)
         raise
