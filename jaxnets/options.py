@@ -17,6 +17,7 @@ from typing import Any
 from .models import MODEL_OPTIONS
 
 _COMMA_KINDS = {"ints": int, "strs": str}
+ONE_SHOT = ("resume", "overwrite")  # what to do with --out this time: never saved as part of the run
 
 
 def positive_int(text: str) -> int:
@@ -71,8 +72,8 @@ def _argument(name: str, hint: Any, default: Any, meta: dict) -> tuple[str, dict
     text = meta.get("help", "")
     silent = isinstance(default, bool) or default in (None, (), []) or "default" in text  # nothing useful to add
     kwargs["help"] = text if silent else f"{text} (default: {default})"
-    if hint is bool:
-        kwargs["action"] = "store_true"
+    if hint is bool:  # --x / --no-x, so a resumed run can turn a saved switch off (not the one-shot verbs)
+        kwargs["action"] = "store_true" if name in ONE_SHOT else argparse.BooleanOptionalAction
     elif typing.get_origin(hint) in (list, tuple):
         kwargs["type"] = _comma_list(typing.get_args(hint)[0])
         kwargs["metavar"] = "A,B,…"
@@ -107,7 +108,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for name, (kind, help_text) in MODEL_OPTIONS.items():
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         if kind == "bool":
-            kwargs["action"] = "store_true"
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = _comma_list(_COMMA_KINDS[kind]) if kind in _COMMA_KINDS else {"str": str,
                                                                                          "float": float}[kind]

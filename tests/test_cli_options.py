@@ -8,6 +8,8 @@ import contextlib
 import dataclasses
 import json
 
+import pytest
+
 from jaxnets.cli import _Parser, main
 from jaxnets.data.augment import PRESETS
 from jaxnets.models import MODEL_OPTIONS, get_entry, list_models
@@ -65,3 +67,32 @@ def test_resume_reads_the_saved_config_and_replaces_only_the_typed_options(tmp_p
     assert saved["model"] == "mlp" and saved["model_options"] == {"hidden_sizes": [16]} and saved["size"] == 8
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_a_run_started_with_overwrite_resumes_and_switches_turn_off(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    base = ["train", "--model", "mlp", "--hidden-sizes", "8", "--data", "digits", "--size", "8", "--channels", "1",
+            "--quiet", "--out", out, "--optimizer", "momentum", "--nesterov"]
+    assert main([*base, "--epochs", "1"]) == 0
+    assert main([*base, "--epochs", "1", "--overwrite"]) == 0  # saved with overwrite=true
+    capsys.readouterr()
+    assert main(["train", "--out", out, "--resume", "--epochs", "2", "--no-nesterov"]) == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["optim"]["nesterov"] is False and saved["overwrite"] is False
+
+
+@pytest.mark.parametrize("change, says", [
+    (["--monitor", "train_loss"], "--monitor"), (["--optimizer", "sgd"], "optimizer state"),
+    (["--clip-norm", "1.0"], "optimizer state"), (["--seed", "3"], "seed"), (["--test-split", "0.2"], "test_split"),
+    (["--hidden-sizes", "16"], "model_options"),
+])
+def test_resume_refuses_what_would_change_the_run_before_writing_anything(tmp_path, capsys, change, says):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mlp", "--hidden-sizes", "8", "--data", "digits", "--size", "8", "--channels",
+                 "1", "--quiet", "--epochs", "1", "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    code = main(["train", "--out", str(out), "--resume", "--epochs", "2", *change])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot resume" in err[0] and says in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

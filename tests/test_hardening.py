@@ -69,8 +69,11 @@ def run_copy(trained, tmp_path) -> Path:
 
 
 def _best_step(run: Path) -> Path:
-    steps = sorted((p for p in (run / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    return steps[-1]
+    """The step `which="best"` loads, as the model card names it."""
+    import json
+
+    best = json.loads((run / "checkpoints" / "model_card.json").read_text())["best"]["epoch"]
+    return run / "checkpoints" / str(best)
 
 
 def _largest_array_file(step: Path) -> Path:
@@ -121,6 +124,25 @@ def test_overwrite_deletes_only_the_runs_own_files_and_keeps_the_users(run_copy,
     assert run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(run_copy), "--overwrite")[0] == 0
     assert (run_copy / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in (run_copy / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_a_user_file_inside_a_step_folder_is_never_deleted(run_copy, capsys):
+    notes = _best_step(run_copy) / "my_notes.txt"
+    notes.write_text("mine")
+    before = snapshot(run_copy)
+    for extra in (["--overwrite"], ["--resume", "--epochs", "3"]):
+        code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(run_copy), *extra)
+        assert code == 2 and len(err) == 1 and "my_notes.txt" in err[0] and "refusing" in err[0], err
+        assert snapshot(run_copy) == before
+
+
+def test_leftovers_of_a_kill_are_recognised_as_ours_and_cleaned(run_copy, capsys):
+    (run_copy / "checkpoints" / ".model_card.json.4242.tmp").write_text("{half a card")
+    (run_copy / ".history.json.4242.tmp").write_text("[half")
+    (run_copy / ".jaxnets-old-checkpoints" / "1" / "model").mkdir(parents=True)  # a kill during --overwrite
+    assert run_main(capsys, *RUN_ARGS, "--epochs", "3", "--out", str(run_copy), "--resume")[0] == 0
+    leftovers = [".history.json.4242.tmp", ".jaxnets-old-checkpoints", "checkpoints/.model_card.json.4242.tmp"]
+    assert not any((run_copy / name).exists() for name in leftovers)
 
 
 def test_a_second_run_without_resume_or_overwrite_is_refused(run_copy, capsys):

@@ -48,7 +48,7 @@ def make_eval_step(model, spec: PreprocessSpec, num_classes: int, binary: bool) 
 
 
 # one dispatch per batch for the running sums, instead of one per metric
-_add_sums = jax.jit(lambda total, sums: jax.tree.map(jnp.add, total, sums))
+add_sums = jax.jit(lambda total, sums: jax.tree.map(jnp.add, total, sums))
 
 
 def score(eval_step: Callable, variables: dict, batches) -> dict[str, Any]:
@@ -56,6 +56,6 @@ def score(eval_step: Callable, variables: dict, batches) -> dict[str, Any]:
     total = None
     for batch in batches:
         sums = eval_step(variables, batch)
-        total = sums if total is None else _add_sums(total, sums)
+        total = sums if total is None else add_sums(total, sums)
     total = jax.device_get(total)
     return {**means(total), "confusion": np.asarray(total["confusion"])}

@@ -35,7 +35,7 @@ from ..data.record import split_record
 from ..data.sources import load_dataset
 from ..inference.card import ModelCard, write_card
 from ..inference.metrics import format_report, means, per_class_report
-from ..inference.scoring import score
+from ..inference.scoring import add_sums, score
 from ..report import curves_png, history_csv
 from .config import TrainConfig
 from .optim import current_lr, make_optimizer
@@ -73,10 +73,6 @@ def _binary(cfg: TrainConfig, num_classes: int) -> bool:
     return cfg.loss == "bce" or (cfg.loss == "auto" and num_classes == 2)
 
 
-# one dispatch per step for the running metric sums, instead of one per metric
-_add_sums = jax.jit(lambda total, sums: jax.tree.map(jnp.add, total, sums))
-
-
 def _score(prep: _Prepared, state: TrainState, loader: Loader) -> dict[str, Any]:
     return score(prep.eval_step, state.variables, loader.epoch(0))
 
@@ -105,8 +101,14 @@ class _Best:
         else:
             self.waited += 1
 
-    def record(self, monitor: str) -> dict[str, Any]:
-        return {"epoch": self.epoch, "metric": monitor, "value": self.value}
+
+
+def _best_record(checkpoints: Checkpoints, history: list[dict[str, float]], monitor: str) -> dict[str, Any]:
+    """The best checkpoint as orbax keeps it (what `which="best"` loads) and its monitored value: one source,
+    so the card and metrics.json always name the epoch a user gets."""
+    step = checkpoints.best_step()
+    value = next((h[monitor] for h in history if h["epoch"] == step), None)
+    return {"epoch": step, "metric": monitor, "value": value}
 
 
 @dataclass
@@ -205,7 +207,7 @@ def _train_epoch(cfg: TrainConfig, prep: _Prepared, state: TrainState, epoch: in
         progress[:] = [epoch + 1, step]
         state, sums = prep.train_step(state, batch)
         losses.append(sums["loss_sum"])
-        total = sums if total is None else _add_sums(total, sums)
+        total = sums if total is None else add_sums(total, sums)
     train = means(jax.device_get(total))
     if not np.isfinite(train["loss"]):
         step_losses = np.asarray(jax.device_get(jnp.stack(losses)))
@@ -237,13 +239,12 @@ def _print_epoch(cfg: TrainConfig, row: dict[str, float]) -> None:
 
 
 def _final_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, checkpoints: Checkpoints, state: TrainState,
-                  best: _Best) -> dict[str, Any]:
+                  history: list[dict[str, float]]) -> dict[str, Any]:
     """metrics.json from the best checkpoint, restored (and verified) exactly as a user would load it."""
     classes = list(prep.splits.classes)
     best_step = checkpoints.best_step()
     best_state, _ = checkpoints.restore_state(best_step, state)
-    metrics: dict[str, Any] = {"best": {"epoch": best_step, "metric": cfg.monitor, "value": best.value},
-                               "classes": classes}
+    metrics: dict[str, Any] = {"best": _best_record(checkpoints, history, cfg.monitor), "classes": classes}
     if prep.test_loader is not None:
         test = _score(prep, best_state, prep.test_loader)
         metrics["test"] = {
@@ -286,7 +287,7 @@ def _run_epochs(loop: _Loop, state: TrainState, history: list[dict[str, float]],
         best.update(row[cfg.monitor], epoch + 1)
         loop.checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history},
                               {cfg.monitor: row[cfg.monitor]})
-        write_card(loop.run.checkpoints, prep.card.replace(best=best.record(cfg.monitor)))
+        write_card(loop.run.checkpoints, prep.card.replace(best=_best_record(loop.checkpoints, history, cfg.monitor)))
         _write_history(loop.run, history)
         _print_epoch(cfg, row)
         if loop.stop.is_set():  # Ctrl-C during validation or saving: the epoch is complete and saved
@@ -295,7 +296,7 @@ def _run_epochs(loop: _Loop, state: TrainState, history: list[dict[str, float]],
     return state
 
 
-def _interrupted(cfg: TrainConfig, progress: list, checkpoints: Checkpoints) -> TrainingInterrupted:
+def _interrupted(progress: list, checkpoints: Checkpoints) -> TrainingInterrupted:
     epoch, step = progress or (0, 0)
     latest = checkpoints.latest_step()
     where = f"in epoch {epoch}, step {step}" if epoch else "before the first step"
@@ -331,16 +332,16 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], N
     best = _Best(checkpoints.mode, cfg.min_delta)
     for h in history:  # a resumed run replays its history: same best, same patience count
         best.update(h[cfg.monitor], h["epoch"])
-    write_card(run.checkpoints, prep.card.replace(best=best.record(cfg.monitor)))
+    write_card(run.checkpoints, prep.card.replace(best=_best_record(checkpoints, history, cfg.monitor)))
     progress: list = []
     try:
         with _stop_on_ctrl_c() as stop:
             state = _run_epochs(_Loop(cfg, run, prep, checkpoints, quiet, stop, progress), state, history,
                                 start_epoch, best)
-            metrics = _final_report(cfg, run, prep, checkpoints, state, best)
+            metrics = _final_report(cfg, run, prep, checkpoints, state, history)
             best_epoch = checkpoints.best_step()
     except KeyboardInterrupt:
-        raise _interrupted(cfg, progress, checkpoints) from None
+        raise _interrupted(progress, checkpoints) from None
     finally:
         checkpoints.close()
     return FitResult(run.path, history, metrics, best_epoch)
