@@ -324,5 +324,3 @@ def canonical_body(parts: list[Part]) -> tuple[bytes, bytes]:
     pieces.append(b"--" + boundary + b"--\r\n")
     return b"".join(pieces), b"multipart/form-data; boundary=" + boundary
 
-
-# ------------------------------------------------------------------------------------------------ answers
