@@ -60,7 +60,7 @@ def split_record(data: str | None, splits: Splits, *, val_split: float, test_spl
         "test_split": test_split, "seed": seed, "labels": labels, "data_dir": data_dir,
         **{name: {"images": len(ds), "fingerprint": fingerprint(ds, root)} for name, ds in parts.items()},
     }
-    if root is not None:  # for a person reading the record: which files the run was tested on
+    if root is not None and all(isinstance(src, (str, Path)) for src in splits.test.sources):  # which files
         record["test"]["files"] = [_relative(s, root) for s in splits.test.sources]
     return record
 
