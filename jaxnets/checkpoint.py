@@ -11,6 +11,7 @@ names are re-exported here). The model card is inference/card.py.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,10 @@ from .integrity import (  # noqa: F401  (re-exported: the checkpoint API in one 
 # orbax moves a step it drops here (one atomic rename) and jaxnets empties it: a kill in the middle of
 # deleting a step then leaves a half-deleted folder that is plainly ours, never a half-step among the steps
 TRASH = ".jaxnets-trash"
+TRASH_TOKEN = ".jaxnets"  # inside TRASH: the folder is jaxnets' own (a user's folder of that name is not emptied)
+# the step being saved, written before orbax starts and removed once the step's checksums are written: a step
+# without checksums is ours (and untrusted) only when this names it
+SAVING = ".jaxnets-saving"
 
 log = logging.getLogger("jaxnets.checkpoint")
 
@@ -44,6 +49,42 @@ class _ReadOnlyNotice(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def pending_step(directory: Path) -> int | None:
+    """The step whose save was cut short (a kill between orbax's save and its checksums), if any."""
+    marker = Path(directory) / SAVING
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    text = marker.read_text().strip()
+    return int(text) if text.isdecimal() else None
+
+
+def discard_pending_step(directory: Path) -> int | None:
+    """Move a step whose save was cut short into the trash (its files can never be verified: resuming from it
+    would trust bytes nobody checked); the run resumes from the step before. Returns the step discarded."""
+    directory = Path(directory)
+    step = pending_step(directory)
+    if step is not None and (directory / str(step) / CHECKSUMS).is_file():
+        (directory / SAVING).unlink()  # killed after the checksums were written: the step is whole
+        return None
+    if step is not None:
+        trash = directory / TRASH
+        trash.mkdir(exist_ok=True)
+        (trash / TRASH_TOKEN).touch()
+        for entry in directory.glob(f"{step}*"):
+            if entry.name == str(step) or entry.name.startswith(f"{step}.orbax-checkpoint-tmp"):
+                entry.rename(trash / f"{entry.name}.unverified")
+        (directory / SAVING).unlink()
+        log.warning("epoch %d of %s was cut short before its checksums were written: discarded, resuming from the "
+                    "epoch before", step, directory)
+    return step
 
 
 def monitor_mode(monitor: str) -> str:
@@ -73,35 +114,39 @@ class Checkpoints:
             **({} if read_only else {"todelete_subdir": TRASH}),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("model", "train", "meta"))
+        if not read_only:
+            (self.directory / TRASH).mkdir(exist_ok=True)
+            (self.directory / TRASH / TRASH_TOKEN).touch()
 
-    def save(self, step: int, state, meta: dict, metrics: dict) -> None:
+    def save(self, step: int, state, meta: dict, metrics: dict, extra_files: dict[str, bytes] | None = None) -> None:
+        """Save one step, then the `extra_files` beside its items (the model card), then its checksums."""
+        _write_atomic(self.directory / SAVING, str(step).encode())
         model = {"params": state.params, "batch_stats": state.batch_stats}
         train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
         self.manager.save(step, args=ocp.args.Composite(
             model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(train), meta=ocp.args.JsonSave(meta),
         ), metrics=metrics)
         self.manager.wait_until_finished()
+        for name, data in (extra_files or {}).items():
+            _write_atomic(self.step_dir(step) / name, data)
         write_checksums(self.step_dir(step))
+        (self.directory / SAVING).unlink()
         self.empty_trash()
 
     def empty_trash(self) -> None:
-        """Delete the steps orbax dropped (moved into TRASH): all of them written by this run."""
-        shutil.rmtree(self.directory / TRASH, ignore_errors=True)
+        """Delete the steps orbax dropped (moved into TRASH), keeping the token that marks the folder ours."""
+        trash = self.directory / TRASH
+        if not (trash / TRASH_TOKEN).is_file() or trash.is_symlink():
+            return
+        for entry in trash.iterdir():
+            if entry.name != TRASH_TOKEN:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
     def step_dir(self, step: int) -> Path:
         return self.directory / str(step)
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
-
-    def complete_checksums(self) -> None:
-        """Write the checksums of steps that orbax finished but whose checksums were never written (the
-        process was killed between the two). Only for resuming a run directory jaxnets owns."""
-        for step in self.all_steps():
-            if not (self.step_dir(step) / CHECKSUMS).exists():
-                log.warning("step %d of %s has no checksums (interrupted right after saving); recording them now",
-                            step, self.directory)
-                write_checksums(self.step_dir(step))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

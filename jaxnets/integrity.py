@@ -63,6 +63,12 @@ def _files(root: Path) -> Iterator[Path]:
                     raise CheckpointError(f"{path} is not a regular file (device, pipe, socket) inside a checkpoint")
 
 
+def _step_files(step_dir: Path) -> dict[str, Path]:
+    """{relative path: path} of a step's files but its own manifest (and the manifest's temporary file)."""
+    own = {CHECKSUMS, CHECKSUMS + ".tmp"}
+    return {rel: p for p in _files(step_dir) if (rel := p.relative_to(step_dir).as_posix()) not in own}
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -74,8 +80,7 @@ def _sha256(path: Path) -> str:
 def write_checksums(step_dir: str | Path) -> None:
     """Record size and SHA-256 of every file of one saved step, inside the step (it travels with it)."""
     step_dir = Path(step_dir)
-    files = {p.relative_to(step_dir).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(_files(step_dir)) if not p.name.startswith(CHECKSUMS)}
+    files = {rel: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for rel, p in sorted(_step_files(step_dir).items())}
     tmp = step_dir / (CHECKSUMS + ".tmp")
     tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1))
     tmp.replace(step_dir / CHECKSUMS)
@@ -101,7 +106,7 @@ def verify_step(step_dir: str | Path, hashes: bool = True) -> None:
     if step_dir.is_symlink() or not step_dir.is_dir():
         raise CheckpointError(f"{step_dir} is not a checkpoint folder (missing, or a link)")
     recorded = _recorded(step_dir)
-    found = {p.relative_to(step_dir).as_posix(): p for p in _files(step_dir) if not p.name.startswith(CHECKSUMS)}
+    found = _step_files(step_dir)
     for name in sorted(set(recorded) - set(found)):
         raise CheckpointError(f"{step_dir / name} is missing from the checkpoint")
     for name in sorted(set(found) - set(recorded)):

@@ -339,3 +339,104 @@ def test_loading_a_checkpoint_prints_no_library_noise(trained):
     code = f"from jaxnets.inference import Predictor; Predictor.from_checkpoint({str(trained)!r}).warmup()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+
+
+# ---------------------------------------------------------------------------------------------- found by attack
+
+def test_a_missing_manifest_is_refused_unless_a_kill_left_that_step_half_saved(run_copy, capsys, trained):
+    import json
+
+    latest = run_copy / "checkpoints" / "2"
+    (latest / "jaxnets_checksums.json").unlink()
+    _corrupt(_largest_array_file(latest))  # nobody could tell now: the step must never be trusted
+    before = snapshot(run_copy)
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "3", "--out", str(run_copy), "--resume")
+    assert code == 2 and len(err) == 1 and "jaxnets_checksums.json is missing" in err[0]
+    assert snapshot(run_copy) == before
+    # the same step named as the one being saved when a kill came: discarded, the run resumes before it
+    (run_copy / "checkpoints" / ".jaxnets-saving").write_text("2")
+    assert run_main(capsys, *RUN_ARGS, "--epochs", "3", "--out", str(run_copy), "--resume")[0] == 0
+    history = json.loads((run_copy / "history.json").read_text())
+    expected = json.loads((trained / "history.json").read_text())
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in h]  # noqa: E731
+    assert strip(history)[:2] == strip(expected) and [h["epoch"] for h in history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("plant", ["trash_without_token", "numbered_with_orbax_marker", "orbax_tmp_named"])
+def test_folders_that_only_look_like_jaxnets_are_never_deleted(run_copy, capsys, plant):
+    ckpt = run_copy / "checkpoints"
+    folder = {"trash_without_token": ".jaxnets-trash", "numbered_with_orbax_marker": "7",
+              "orbax_tmp_named": "5.orbax-checkpoint-tmp-1"}[plant]
+    if plant == "trash_without_token":
+        shutil.rmtree(ckpt / folder)
+    (ckpt / folder).mkdir()
+    (ckpt / folder / "_CHECKPOINT_METADATA").write_text("{}")
+    (ckpt / folder / "thesis.tex").write_text("years of work")
+    before = snapshot(run_copy)
+    for extra in (["--overwrite"], ["--resume", "--epochs", "3"]):
+        code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(run_copy), *extra)
+        assert code == 2 and len(err) == 1 and folder in err[0], err
+        assert snapshot(run_copy) == before
+
+
+def test_overwrite_refuses_a_step_whose_bytes_changed_even_at_the_same_size(run_copy, capsys):
+    _corrupt(_largest_array_file(run_copy / "checkpoints" / "2"))
+    before = snapshot(run_copy)
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(run_copy), "--overwrite")
+    assert code == 2 and "corrupted" in err[0] and snapshot(run_copy) == before
+
+
+def test_an_added_file_named_like_the_manifest_is_still_an_added_file(run_copy, tmp_path, capsys):
+    payload = _best_step(run_copy) / "model" / "jaxnets_checksums.json.payload"
+    payload.write_bytes(b"\x00" * 1000)
+    with pytest.raises(CheckpointError, match="payload"):
+        Predictor.from_checkpoint(run_copy)
+
+
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_a_run_marker_that_is_not_a_file_is_refused_untouched(tmp_path, capsys, kind):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "userfile").write_text("{}")
+    if kind == "folder":
+        (out / ".jaxnets-run.json").mkdir()
+    else:
+        (out / ".jaxnets-run.json").symlink_to("userfile")
+    before = snapshot(out)
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(out))
+    assert code == 2 and len(err) == 1 and ".jaxnets-run.json" in err[0] and snapshot(out) == before
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda c: c.update(classes=[f"c{i}" for i in range(10)]), "classes"),
+    (lambda c: c.update(monitor="val_loss"), "monitor"),
+])
+def test_an_edited_card_in_a_run_is_refused_by_every_consumer(run_copy, tmp_path, capsys, edit, says):
+    import json
+
+    card_path = run_copy / "checkpoints" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    edit(card)
+    card_path.write_text(json.dumps(card))
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    for argv in (["predict", "--checkpoint", str(run_copy), str(image)],
+                 ["evaluate", "--checkpoint", str(run_copy), "--data", "digits"],
+                 ["package", "--checkpoint", str(run_copy)]):
+        code, err = run_main(capsys, *argv)
+        assert code == 2 and len(err) == 1 and "model_card.json says another" in err[0] and says in err[0], argv
+
+
+def test_a_loss_sum_that_overflows_is_a_divergence_not_a_crash(tmp_path, capsys):
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "2", "--lr", "5e35", "--optimizer", "sgd",
+                         "--out", str(tmp_path / "r"))
+    assert code == 3 and "loss became" in err[-1] and "learning rate" in err[-1]
+
+
+@pytest.mark.parametrize("args, says", [(["--out", ""], "out must name"), (["--data", " "], "data must name"),
+                                        (["--seed", "99999999999999999999"], "seed")])
+def test_empty_names_and_huge_seeds_are_one_line(tmp_path, capsys, args, says):
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(tmp_path / "r"), *args)
+    assert code == 2 and len(err) == 1 and says in err[0], err

@@ -177,3 +177,22 @@ def versions() -> dict[str, str]:
 
     return {"jaxnets": __version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
             "orbax": getattr(ocp, "__version__", ""), "python": platform.python_version()}
+
+
+CONTRACT = ("model", "model_options", "classes", "binary", "preprocess", "monitor")
+
+
+def check_card_matches_step(card: ModelCard, step_dir: str | Path) -> None:
+    """The card a consumer reads must say what the card saved inside the step (under its checksums) says
+    about the model, its classes, its preprocessing and its monitor: an edit of model_card.json (renamed
+    classes, another normalisation) would otherwise change answers silently."""
+    step_dir = Path(step_dir)
+    copy = step_dir / MODEL_CARD
+    if copy.is_symlink() or not copy.is_file():
+        raise CheckpointError(f"{copy} is missing: the checkpoint of epoch {step_dir.name} cannot be verified")
+    saved = read_card(step_dir).to_dict()
+    now = card.to_dict()
+    changed = [k for k in CONTRACT if saved[k] != now[k]]
+    if changed:
+        raise CheckpointError(f"{find_checkpoint_dir(step_dir.parent) / MODEL_CARD} says another {', '.join(changed)} "
+                              f"than the card saved with epoch {step_dir.name}: changed or damaged")

@@ -21,7 +21,7 @@ from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageLike, to_pixels
 from ..integrity import MODEL_CARD, CheckpointError, find_checkpoint_dir
 from ..models import create_model, init_variables
 from .answers import describe, non_finite_rows
-from .card import ModelCard, read_card
+from .card import ModelCard, check_card_matches_step, read_card
 from .scoring import forward, probabilities
 
 DEFAULT_BUCKETS = (1, 8, 32)
@@ -31,6 +31,18 @@ __all__ = ["DEFAULT_BUCKETS", "NonFiniteOutputError", "Predictor", "describe", "
 
 class NonFiniteOutputError(RuntimeError):
     """The model produced NaN or infinite probabilities: its weights are broken, so no answer is given."""
+
+
+def verified_step(checkpoints: Checkpoints, card: ModelCard, which: str | int) -> int:
+    """The step `which` names, once the card is checked against the card saved inside the latest step (before
+    anything reads the card's monitor to find "best") and inside the step itself."""
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        check_card_matches_step(card, checkpoints.step_dir(latest))
+    step = checkpoints.resolve(which)
+    if step != latest:
+        check_card_matches_step(card, checkpoints.step_dir(step))
+    return step
 
 
 def restore_model(path: str | Path, which: str | int = "best") -> tuple[Any, dict, ModelCard, int]:
@@ -45,7 +57,8 @@ def restore_model(path: str | Path, which: str | int = "best") -> tuple[Any, dic
     template = {"params": template["params"], "batch_stats": template.get("batch_stats", {})}
     checkpoints = Checkpoints(directory, card.monitor, read_only=True)
     try:
-        restored, step = checkpoints.restore_variables(which, template)
+        step = verified_step(checkpoints, card, which)
+        restored, step = checkpoints.restore_variables(step, template)
     finally:
         checkpoints.close()
     variables = {"params": restored["params"]}

@@ -20,13 +20,14 @@ def package_checkpoint(checkpoint: str | Path, name: str = DEFAULT_NAME, which: 
     one appeared in between)."""
     import bentoml
 
-    from ..checkpoint import Checkpoints  # orbax: imported here, so the service's front never loads it
+    from ..checkpoint import Checkpoints  # orbax, JAX: imported here, so the service's front never loads them
+    from ..inference.predictor import verified_step
 
     directory = find_checkpoint_dir(checkpoint)
     card = read_card(directory)
     checkpoints = Checkpoints(directory, card.monitor, read_only=True)
     try:
-        step = checkpoints.resolve(which)
+        step = verified_step(checkpoints, card, which)
     finally:
         checkpoints.close()
     verify_step(directory / str(step))

@@ -61,12 +61,12 @@ def _load_model_ref():
     except Exception as e:  # the server must not start half-working: say what is missing and how to fix it
         print(f"jaxnets: cannot load model {MODEL_TAG!r} from the BentoML store ({e}). Package one with "
               "`jaxnets package --checkpoint RUN_DIR`, or set JAXNETS_MODEL_TAG.", file=sys.stderr, flush=True)
-        raise
+        raise SystemExit(1) from None  # the line above says it all: no traceback after it
     try:
         verify_packaged(model.path, read_card(model.path).packaged_step)
     except (CheckpointError, OSError) as e:
         print(f"jaxnets: model {MODEL_TAG!r} is damaged, not serving it: {e}", file=sys.stderr, flush=True)
-        raise
+        raise SystemExit(1) from None
     return bentoml.models.BentoModel(MODEL_TAG)
 
 

@@ -97,8 +97,11 @@ class TrainConfig:
         choose({x: x for x in MONITORS}, self.monitor, "monitor")
         choose({x: x for x in DTYPES}, self.dtype, "dtype")
         get_augment(self.augment)
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be a whole number from 0 to {2**31 - 1}, got {self.seed!r}")
+        for name in ("data", "out"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"{name} must name something, got {getattr(self, name)!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"patience must be a whole number of epochs ≥ 1, got {self.patience!r}")
         if not (math.isfinite(self.min_delta) and self.min_delta >= 0):

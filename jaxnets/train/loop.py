@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpoints
+from ..checkpoint import MODEL_CARD, Checkpoints
 from ..data.augment import get_augment
 from ..data.dataset import Splits
 from ..data.loader import Loader
@@ -210,14 +210,21 @@ def _train_epoch(cfg: TrainConfig, prep: _Prepared, state: TrainState, epoch: in
         total = sums if total is None else add_sums(total, sums)
     train = means(jax.device_get(total))
     if not np.isfinite(train["loss"]):
-        step_losses = np.asarray(jax.device_get(jnp.stack(losses)))
-        bad = int(np.flatnonzero(~np.isfinite(step_losses))[0])
-        raise NonFiniteLossError(
-            f"loss became {step_losses[bad]} at epoch {epoch + 1}, step {bad + 1} of {loader.steps_per_epoch} "
-            f"(global step {epoch * loader.steps_per_epoch + bad + 1}); try a lower learning rate. The checkpoints "
-            f"in {Path(cfg.out) / 'checkpoints'} are the last good ones"
-        )
+        raise NonFiniteLossError(_divergence(np.asarray(jax.device_get(jnp.stack(losses))), epoch, loader, cfg))
     return state, train, time.perf_counter() - t0
+
+
+def _divergence(step_losses: np.ndarray, epoch: int, loader: Loader, cfg: TrainConfig) -> str:
+    """Where the loss stopped being finite: the first step whose loss is NaN/inf, or, when every step's is
+    finite but their sum overflows float32, the epoch itself with the largest step loss."""
+    where = f"The checkpoints in {Path(cfg.out) / 'checkpoints'} are the last good ones"
+    bad = np.flatnonzero(~np.isfinite(step_losses))
+    if not len(bad):
+        return (f"loss became inf at epoch {epoch + 1}: its step losses are finite but as large as "
+                f"{float(np.max(step_losses)):.3g}, and their sum overflows; try a lower learning rate. {where}")
+    step = int(bad[0])
+    return (f"loss became {step_losses[step]} at epoch {epoch + 1}, step {step + 1} of {loader.steps_per_epoch} "
+            f"(global step {epoch * loader.steps_per_epoch + step + 1}); try a lower learning rate. {where}")
 
 
 def _epoch_row(prep: _Prepared, state: TrainState, epoch: int, train: dict, seconds: float) -> dict[str, float]:
@@ -285,8 +292,9 @@ def _run_epochs(loop: _Loop, state: TrainState, history: list[dict[str, float]],
         row = _epoch_row(prep, state, epoch, train, seconds)
         history.append(row)
         best.update(row[cfg.monitor], epoch + 1)
+        card = json.dumps(prep.card.to_dict(), indent=2).encode()  # the contract, under the step's checksums
         loop.checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history},
-                              {cfg.monitor: row[cfg.monitor]})
+                              {cfg.monitor: row[cfg.monitor]}, extra_files={MODEL_CARD: card})
         write_card(loop.run.checkpoints, prep.card.replace(best=_best_record(loop.checkpoints, history, cfg.monitor)))
         _write_history(loop.run, history)
         _print_epoch(cfg, row)

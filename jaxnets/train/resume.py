@@ -15,10 +15,10 @@ from typing import Any
 
 import jax
 
-from ..checkpoint import Checkpoints
+from ..checkpoint import Checkpoints, discard_pending_step
 from ..data.dataset import Splits
 from ..data.record import data_root, fingerprint, read_record
-from ..inference.card import ModelCard, read_card
+from ..inference.card import ModelCard, check_card_matches_step, read_card
 from .config import TrainConfig
 from .optim import OptimConfig, make_optimizer
 from .rundir import RunDir
@@ -85,21 +85,22 @@ def resume_state(cfg: TrainConfig, run: RunDir, state: TrainState, card: ModelCa
                  steps_per_epoch: int) -> tuple[TrainState, list[dict[str, float]], int]:
     """(state, history, epochs done) from the latest checkpoint, checked and verified; the fresh state when
     there is nothing to resume."""
-    if not cfg.resume or not run.checkpoints.is_dir():
+    if not cfg.resume or not any(p.name.isdecimal() for p in run.checkpoints.glob("*")):
         return state, [], 0
+    saved = read_card(run.checkpoints)
+    _check_weights_fit(run, saved, card)
+    saved_config = saved.to_dict()["train_config"] or {}
+    _check_same_split(run, saved_config, cfg, splits)
+    _check_optimizer_fits(run, saved_config, cfg, state, steps_per_epoch)
+    run.claim()  # ours (checked), nothing rewritten
+    discard_pending_step(run.checkpoints)  # a step a kill left without checksums is never trusted
     checkpoints = Checkpoints(run.checkpoints, card.monitor, read_only=True)
     try:
-        if checkpoints.latest_step() is None:
+        latest = checkpoints.latest_step()
+        if latest is None:
             return state, [], 0
-        saved = read_card(run.checkpoints)
-        _check_weights_fit(run, saved, card)
-        saved_config = saved.to_dict()["train_config"] or {}
-        _check_same_split(run, saved_config, cfg, splits)
-        _check_optimizer_fits(run, saved_config, cfg, state, steps_per_epoch)
-        run.claim()  # ours (checked), nothing rewritten: completing checksums is the only write before restoring
-        checkpoints.complete_checksums()
-        checkpoints.empty_trash()
-        state, meta = checkpoints.restore_state(checkpoints.latest_step(), state)
+        check_card_matches_step(saved, checkpoints.step_dir(latest))
+        state, meta = checkpoints.restore_state(latest, state)
     finally:
         checkpoints.close()
     log.info("resumed %s at epoch %d", run.path, int(meta["epoch"]))

@@ -20,13 +20,14 @@ import re
 import shutil
 from pathlib import Path
 
-from ..checkpoint import CHECKSUMS, MODEL_CARD, CheckpointError, verify_step
+from ..checkpoint import CHECKSUMS, MODEL_CARD, TRASH, TRASH_TOKEN, CheckpointError, pending_step, verify_step
 
 MARKER = ".jaxnets-run.json"
 RUN_FILES = ("config.json", "split.json", "history.json", "history.csv", "curves.png", "metrics.json")
 CHECKPOINTS = "checkpoints"
-# in checkpoints/: a save cut short by a kill (orbax cleans it up), steps dropped by this run, a card write cut short
-_OURS_IN_CHECKPOINTS = re.compile(r"^(\d+\.orbax-checkpoint-tmp(-\d+)?|\.jaxnets-trash|\.model_card\.json\.\d+\.tmp)$")
+# in checkpoints/: a card write cut short by a kill, the marker of the step being saved (and its write)
+_OURS_IN_CHECKPOINTS = re.compile(r"^(\.model_card\.json\.\d+\.tmp|\.jaxnets-saving|\.\.jaxnets-saving\.\d+\.tmp)$")
+_ORBAX_TMP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp(-\d+)?$")
 # in the run directory: a write cut short by a kill, checkpoints being deleted by --overwrite
 _OURS_IN_RUN = re.compile(r"^(\.(config|split|history|curves|metrics)\.[a-z]+\.\d+\.tmp|\.\.jaxnets-run\.json\.\d+\.tmp"
                           r"|\.jaxnets-old-checkpoints)$")
@@ -52,16 +53,16 @@ def _writable_parent(path: Path) -> None:
             return
 
 
-def _step_problem(step: Path) -> str | None:
+def _step_problem(step: Path, pending: int | None, hashes: bool) -> str | None:
     """None for a step folder jaxnets wrote: its files are exactly those of its checksum manifest (names and
-    sizes), or, when a kill came between orbax finishing the step and jaxnets writing the manifest, orbax's
-    own commit marker is there and the manifest is the only thing missing. Otherwise what is wrong."""
+    sizes; contents too with `hashes`), or it is the step whose save a kill cut short (named by SAVING, with
+    no manifest yet). Otherwise what is wrong."""
+    if not (step / CHECKSUMS).exists() and pending is not None and step.name == str(pending):
+        return None
     try:
-        verify_step(step, hashes=False)
+        verify_step(step, hashes=hashes)
         return None
     except CheckpointError as e:
-        if not (step / CHECKSUMS).exists() and (step / "_CHECKPOINT_METADATA").is_file():
-            return None
         return str(e)
 
 
@@ -97,8 +98,9 @@ class RunDir:
         found = self._checkpoint_problem(owned)
         return found[0] if found else None
 
-    def _checkpoint_problem(self, owned: bool) -> tuple[Path, str] | None:
-        """(entry, why) for the first entry of checkpoints/ jaxnets cannot prove it wrote, or None."""
+    def _checkpoint_problem(self, owned: bool, hashes: bool = False) -> tuple[Path, str] | None:
+        """(entry, why) for the first entry of checkpoints/ jaxnets cannot prove it wrote, or None. `hashes`
+        (before deleting): a step's contents too, not only its file names and sizes."""
         if not self.checkpoints.exists() and not self.checkpoints.is_symlink():
             return None
         foreign = "is not a jaxnets checkpoint of this run"
@@ -107,14 +109,20 @@ class RunDir:
         if not owned:
             first = next(iter(sorted(self.checkpoints.iterdir())), None)  # an empty folder holds nothing to lose
             return (first, foreign) if first else None
+        pending = pending_step(self.checkpoints)
         for entry in sorted(self.checkpoints.iterdir()):
             if entry.is_symlink():
                 return entry, foreign
             if (entry.name == MODEL_CARD and entry.is_file()) or _OURS_IN_CHECKPOINTS.match(entry.name):
                 continue
+            if entry.name == TRASH and entry.is_dir() and (entry / TRASH_TOKEN).is_file():
+                continue  # steps this run dropped
+            tmp = _ORBAX_TMP.match(entry.name)
+            if tmp and entry.is_dir() and pending is not None and int(tmp.group(1)) == pending:
+                continue  # orbax's own folder for the step being saved when a kill came
             if not (entry.name.isdecimal() and entry.is_dir()):
                 return entry, foreign
-            if problem := _step_problem(entry):
+            if problem := _step_problem(entry, pending, hashes):
                 return entry, f"does not match what jaxnets saved ({problem})"
         return None
 
@@ -127,13 +135,16 @@ class RunDir:
         _writable_parent(self.path)
         if not self.path.exists():
             return
+        marker = self.path / MARKER
+        if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+            raise RunDirError(f"{marker} is not a file jaxnets wrote (a link or a folder); refusing to touch it")
         recorded = self._marker()
         for name in RUN_FILES:
             path = self.path / name
             if (path.exists() or path.is_symlink()) and not self._is_ours(name, recorded):
                 raise RunDirError(f"{path} was not written by a jaxnets run here (or was changed since); "
                                   "refusing to overwrite it: move it away or choose another --out")
-        found = self._checkpoint_problem(owned=recorded is not None)
+        found = self._checkpoint_problem(owned=recorded is not None, hashes=overwrite)
         if found is not None:
             raise RunDirError(f"{found[0]} {found[1]}; refusing to touch it: move it away or choose another --out")
         if self.has_run() and not (resume or overwrite):
@@ -153,9 +164,8 @@ class RunDir:
         if recorded is not None and not overwrite:
             return
         if overwrite and recorded is not None:
-            if self._foreign_checkpoint_entry(owned=True) is not None:
-                raise RunDirError(f"{self._foreign_checkpoint_entry(owned=True)} appeared in {self.checkpoints}; "
-                                  "refusing to delete it")
+            if (found := self._checkpoint_problem(owned=True, hashes=True)) is not None:
+                raise RunDirError(f"{found[0]} {found[1]}; refusing to delete it")
             for name in RUN_FILES:
                 if self._is_ours(name, recorded):
                     (self.path / name).unlink()
