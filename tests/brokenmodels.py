@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +33,8 @@ def save_changed_weights(run: Path, out: Path, change: Callable[[str, np.ndarray
         step = checkpoints.latest_step() + 1
         best = 1e9 if monitor_mode(monitor) == "max" else -1e9
         state = state.replace(params=params, batch_stats=predictor.variables.get("batch_stats", {}))
-        checkpoints.save(step, state, {"epoch": step, "history": []},
-                         {monitor: best})
+        checkpoints.save(step, state, {"epoch": step, "history": []}, {monitor: best},
+                         extra_files={"model_card.json": json.dumps(card.to_dict()).encode()})
     finally:
         checkpoints.close()
     return out
