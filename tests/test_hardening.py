@@ -440,3 +440,18 @@ def test_a_loss_sum_that_overflows_is_a_divergence_not_a_crash(tmp_path, capsys)
 def test_empty_names_and_huge_seeds_are_one_line(tmp_path, capsys, args, says):
     code, err = run_main(capsys, *RUN_ARGS, "--epochs", "1", "--out", str(tmp_path / "r"), *args)
     assert code == 2 and len(err) == 1 and says in err[0], err
+
+
+def test_predict_still_uses_the_best_step_beside_a_step_a_kill_left_half_saved(run_copy, capsys):
+    import json
+
+    best = json.loads((run_copy / "checkpoints" / "model_card.json").read_text())["best"]["epoch"]
+    half = run_copy / "checkpoints" / "9"  # the next save, cut short: orbax's files, no card copy, no checksums
+    shutil.copytree(run_copy / "checkpoints" / str(best), half)
+    (half / "jaxnets_checksums.json").unlink()
+    (half / "model_card.json").unlink()
+    (half / "metrics" / "metrics").write_text(json.dumps({"val_accuracy": 0.0}))  # not the best one
+    (run_copy / "checkpoints" / ".jaxnets-saving").write_text("9")
+    assert Predictor.from_checkpoint(run_copy).step == best
+    with pytest.raises(CheckpointError, match="9"):
+        Predictor.from_checkpoint(run_copy, which="latest")

@@ -18,7 +18,7 @@ import numpy as np
 from .. import runtime
 from ..checkpoint import Checkpoints
 from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageLike, to_pixels
-from ..integrity import MODEL_CARD, CheckpointError, find_checkpoint_dir
+from ..integrity import CHECKSUMS, MODEL_CARD, CheckpointError, find_checkpoint_dir
 from ..models import create_model, init_variables
 from .answers import describe, non_finite_rows
 from .card import ModelCard, check_card_matches_step, read_card
@@ -34,13 +34,14 @@ class NonFiniteOutputError(RuntimeError):
 
 
 def verified_step(checkpoints: Checkpoints, card: ModelCard, which: str | int) -> int:
-    """The step `which` names, once the card is checked against the card saved inside the latest step (before
-    anything reads the card's monitor to find "best") and inside the step itself."""
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        check_card_matches_step(card, checkpoints.step_dir(latest))
+    """The step `which` names, once the card is checked against the card saved inside the newest whole step
+    (before anything reads the card's monitor to find "best") and inside the step itself."""
+    steps = sorted(checkpoints.all_steps(), reverse=True)
+    saved = [s for s in steps if (checkpoints.step_dir(s) / CHECKSUMS).is_file()]
+    if saved:  # the newest whole step (a step a kill left half-saved has no checksums yet)
+        check_card_matches_step(card, checkpoints.step_dir(saved[0]))
     step = checkpoints.resolve(which)
-    if step != latest:
+    if not saved or step != saved[0]:
         check_card_matches_step(card, checkpoints.step_dir(step))
     return step
 
