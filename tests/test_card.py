@@ -46,6 +46,18 @@ def test_an_unusable_card_is_refused_when_built(change, says):
         _card(**change)
 
 
+def _read_edited(tmp_path, edit, says):
+    """Write a good card, apply `edit` to its JSON on disk, and read it back: (path, the CheckpointError)."""
+    write_card(tmp_path, _card())
+    path = tmp_path / "model_card.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=says) as error:
+        read_card(tmp_path)
+    return path, error
+
+
 @pytest.mark.parametrize("edit, says", [
     (lambda d: d.pop("classes"), "classes missing"),
     (lambda d: d.update(num_outputs=7), "num_outputs is 7"),
@@ -55,13 +67,7 @@ def test_an_unusable_card_is_refused_when_built(change, says):
     (lambda d: d.update(classes="0123"), "classes must be a list"),
 ])
 def test_a_damaged_card_on_disk_is_refused_naming_the_file_and_the_problem(tmp_path, edit, says):
-    write_card(tmp_path, _card())
-    path = tmp_path / "model_card.json"
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match=says) as error:
-        read_card(tmp_path)
+    path, error = _read_edited(tmp_path, edit, says)
     assert str(path) in str(error.value)
 
 
@@ -74,13 +80,7 @@ def test_a_damaged_card_on_disk_is_refused_naming_the_file_and_the_problem(tmp_p
     (lambda d: d.update(best="yes"), "best must be an object"),
 ])
 def test_a_card_with_a_wrong_type_is_refused_once_prefixed(tmp_path, edit, says):
-    write_card(tmp_path, _card())
-    path = tmp_path / "model_card.json"
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match=says) as error:
-        read_card(tmp_path)
+    _, error = _read_edited(tmp_path, edit, says)
     assert str(error.value).count("invalid model card") == 1
 
 
