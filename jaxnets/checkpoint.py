@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import orbax.checkpoint as ocp
@@ -80,11 +81,28 @@ def discard_pending_step(directory: Path) -> int | None:
         (trash / TRASH_TOKEN).touch()
         for entry in directory.glob(f"{step}*"):
             if entry.name == str(step) or entry.name.startswith(f"{step}.orbax-checkpoint-tmp"):
-                entry.rename(trash / f"{entry.name}.unverified")
+                # unique: an earlier kill in the same window may have left one of that name already
+                entry.rename(trash / f"{entry.name}.{time.time_ns()}.unverified")
+        _take_back_dropped_steps(directory, trash)
         (directory / SAVING).unlink()
         log.warning("epoch %d of %s was cut short before its checksums were written: discarded, resuming from the "
                     "epoch before", step, directory)
     return step
+
+
+def _take_back_dropped_steps(directory: Path, trash: Path) -> None:
+    """Orbax drops the steps the new one supersedes (the previous latest, a former best) into the trash while
+    saving it; with that step discarded they are the run's latest and best again. Only whole steps, fully
+    hashed, come back."""
+    for entry in sorted(trash.iterdir(), key=lambda p: (len(p.name), p.name)):
+        if not entry.name.isdecimal() or entry.is_symlink() or not entry.is_dir() or (directory / entry.name).exists():
+            continue
+        try:
+            verify_step(entry, hashes=True)
+        except CheckpointError:
+            continue
+        entry.rename(directory / entry.name)
+        log.info("epoch %s of %s, dropped while saving the discarded epoch, is kept again", entry.name, directory)
 
 
 def monitor_mode(monitor: str) -> str:

@@ -86,7 +86,7 @@ def write_checksums(step_dir: str | Path) -> None:
     tmp.replace(step_dir / CHECKSUMS)
 
 
-def _recorded(step_dir: Path) -> dict[str, dict[str, Any]]:
+def recorded_files(step_dir: Path) -> dict[str, dict[str, Any]]:
     manifest = step_dir / CHECKSUMS
     if manifest.is_symlink() or not manifest.is_file():
         raise CheckpointError(f"{manifest} is missing: {step_dir} cannot be verified (damaged, or not written by "
@@ -105,7 +105,7 @@ def verify_step(step_dir: str | Path, hashes: bool = True) -> None:
     step_dir = Path(step_dir)
     if step_dir.is_symlink() or not step_dir.is_dir():
         raise CheckpointError(f"{step_dir} is not a checkpoint folder (missing, or a link)")
-    recorded = _recorded(step_dir)
+    recorded = recorded_files(step_dir)
     found = _step_files(step_dir)
     for name in sorted(set(recorded) - set(found)):
         raise CheckpointError(f"{step_dir / name} is missing from the checkpoint")

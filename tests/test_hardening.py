@@ -455,3 +455,72 @@ def test_predict_still_uses_the_best_step_beside_a_step_a_kill_left_half_saved(r
     assert Predictor.from_checkpoint(run_copy).step == best
     with pytest.raises(CheckpointError, match="9"):
         Predictor.from_checkpoint(run_copy, which="latest")
+
+
+def _half_saved_step(run: Path, step: int, dropped: list[int]) -> None:
+    """What a kill leaves between orbax's save of `step` and its checksums: the step's files without a manifest,
+    the marker naming it, and the steps orbax dropped for it already moved into the trash."""
+    ckpt = run / "checkpoints"
+    shutil.copytree(ckpt / "2", ckpt / str(step))
+    (ckpt / str(step) / "jaxnets_checksums.json").unlink()
+    for old in dropped:
+        (ckpt / str(old)).rename(ckpt / ".jaxnets-trash" / str(old))
+    (ckpt / ".jaxnets-saving").write_text(str(step))
+
+
+def test_steps_dropped_for_a_step_a_kill_cut_short_are_taken_back_not_lost(run_copy, capsys, trained):
+    import json
+
+    from jaxnets.checkpoint import Checkpoints, discard_pending_step
+
+    ckpt = run_copy / "checkpoints"
+    steps = sorted(p.name for p in ckpt.iterdir() if p.name.isdecimal())
+    _half_saved_step(run_copy, 3, dropped=[int(s) for s in steps])
+    assert discard_pending_step(ckpt) == 3
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.isdecimal()) == steps  # back, verified, whole
+    manager = Checkpoints(ckpt, read_only=True)
+    assert manager.latest_step() == 2
+    manager.close()
+    # a second kill in the same window (its discarded step already in the trash under that name) and a resume
+    _half_saved_step(run_copy, 3, dropped=[2])
+    code, _ = run_main(capsys, *RUN_ARGS, "--epochs", "3", "--out", str(run_copy), "--resume")
+    assert code == 0
+    history = json.loads((run_copy / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[:2] == json.loads((trained / "history.json").read_text())  # epochs 1–2 not run again: same seconds
+
+
+def test_a_trash_folder_a_kill_left_without_its_token_is_not_a_refusal(run_copy, capsys):
+    trash = run_copy / "checkpoints" / ".jaxnets-trash"
+    shutil.rmtree(trash)
+    trash.mkdir()  # the kill came between creating it and its token
+    code, _ = run_main(capsys, *RUN_ARGS, "--epochs", "3", "--out", str(run_copy), "--resume")
+    assert code == 0 and (trash / ".jaxnets").is_file()
+
+
+def test_a_resume_may_change_the_dtype_and_every_step_stays_usable(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_main(capsys, *RUN_ARGS, "--epochs", "2", "--lr", "0.05", "--out", str(run))[0] == 0
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "3", "--out", str(run), "--resume", "--dtype", "bfloat16",
+                         "--lr", "1000")  # epoch 3 overshoots: the float32 epoch 2 stays the best
+    assert code == 0, err
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdecimal())
+    assert steps == [2, 3]
+    for step in steps:  # the float32 best and the bfloat16 latest
+        assert Predictor.from_checkpoint(run, which=step).step == step
+
+
+def test_a_resume_with_other_preprocessing_is_refused_untouched(run_copy, capsys):
+    before = snapshot(run_copy)
+    code, err = run_main(capsys, *RUN_ARGS, "--epochs", "3", "--out", str(run_copy), "--resume",
+                         "--normalize", "imagenet")
+    assert code == 2 and len(err) == 1 and "preprocess" in err[0] and snapshot(run_copy) == before
+
+
+def test_a_step_saved_before_steps_carried_the_card_is_still_usable(run_copy):
+    from jaxnets.checkpoint import write_checksums
+
+    step = _best_step(run_copy)
+    (step / "model_card.json").unlink()
+    write_checksums(step)  # as jaxnets 0.1 wrote it: checksums without a card copy
+    assert Predictor.from_checkpoint(run_copy).step == int(step.name)

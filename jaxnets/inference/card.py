@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..data.preprocess import PreprocessSpec
-from ..integrity import MODEL_CARD, CheckpointError, find_checkpoint_dir
+from ..integrity import MODEL_CARD, CheckpointError, find_checkpoint_dir, recorded_files
 
 CARD_VERSION = 1
 MAX_CARD_BYTES = 16 * 1024 * 1024  # a model card is a few kB; a bigger "card" is not one
@@ -162,8 +162,13 @@ def write_card(directory: str | Path, card: ModelCard, stamp: bool = True) -> No
     if stamp:
         card = card.replace(versions=versions())
     tmp = directory / f".{MODEL_CARD}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(card.to_dict(), indent=2, default=list))
+    tmp.write_bytes(card_bytes(card))
     tmp.replace(directory / MODEL_CARD)
+
+
+def card_bytes(card: ModelCard) -> bytes:
+    """The card as the UTF-8 JSON jaxnets writes (one serialisation for the card and its copy in each step)."""
+    return json.dumps(card.to_dict(), indent=2, default=list).encode()
 
 
 def versions() -> dict[str, str]:
@@ -182,16 +187,25 @@ def versions() -> dict[str, str]:
 CONTRACT = ("model", "model_options", "classes", "binary", "preprocess", "monitor")
 
 
+def contract(card: ModelCard) -> dict[str, Any]:
+    """What must never change under a checkpoint's weights. The compute dtype is not part of it: parameters are
+    float32 whatever it is, and a resumed run may change it (its older best step keeps the older dtype)."""
+    d = card.to_dict()
+    options = {k: v for k, v in d["model_options"].items() if k != "dtype"}
+    return {**{k: d[k] for k in CONTRACT}, "model_options": json.loads(json.dumps(options, default=list))}
+
+
 def check_card_matches_step(card: ModelCard, step_dir: str | Path) -> None:
     """The card a consumer reads must say what the card saved inside the step (under its checksums) says
     about the model, its classes, its preprocessing and its monitor: an edit of model_card.json (renamed
     classes, another normalisation) would otherwise change answers silently."""
     step_dir = Path(step_dir)
     copy = step_dir / MODEL_CARD
+    if not copy.exists() and not copy.is_symlink() and MODEL_CARD not in recorded_files(step_dir):
+        return  # saved before steps carried the card (early jaxnets 0.1): its checksums are all there is to check
     if copy.is_symlink() or not copy.is_file():
         raise CheckpointError(f"{copy} is missing: the checkpoint of epoch {step_dir.name} cannot be verified")
-    saved = read_card(step_dir).to_dict()
-    now = card.to_dict()
+    saved, now = contract(read_card(step_dir)), contract(card)
     changed = [k for k in CONTRACT if saved[k] != now[k]]
     if changed:
         raise CheckpointError(f"{find_checkpoint_dir(step_dir.parent) / MODEL_CARD} says another {', '.join(changed)} "

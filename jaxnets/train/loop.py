@@ -33,7 +33,7 @@ from ..data.dataset import Splits
 from ..data.loader import Loader
 from ..data.record import split_record
 from ..data.sources import load_dataset
-from ..inference.card import ModelCard, write_card
+from ..inference.card import ModelCard, card_bytes, write_card
 from ..inference.metrics import format_report, means, per_class_report
 from ..inference.scoring import add_sums, score
 from ..report import curves_png, history_csv
@@ -292,7 +292,7 @@ def _run_epochs(loop: _Loop, state: TrainState, history: list[dict[str, float]],
         row = _epoch_row(prep, state, epoch, train, seconds)
         history.append(row)
         best.update(row[cfg.monitor], epoch + 1)
-        card = json.dumps(prep.card.to_dict(), indent=2).encode()  # the contract, under the step's checksums
+        card = card_bytes(prep.card)  # the contract, under the step's checksums
         loop.checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history},
                               {cfg.monitor: row[cfg.monitor]}, extra_files={MODEL_CARD: card})
         write_card(loop.run.checkpoints, prep.card.replace(best=_best_record(loop.checkpoints, history, cfg.monitor)))

@@ -18,7 +18,7 @@ import jax
 from ..checkpoint import Checkpoints, discard_pending_step
 from ..data.dataset import Splits
 from ..data.record import data_root, fingerprint, read_record
-from ..inference.card import ModelCard, check_card_matches_step, read_card
+from ..inference.card import ModelCard, check_card_matches_step, contract, read_card
 from .config import TrainConfig
 from .optim import OptimConfig, make_optimizer
 from .rundir import RunDir
@@ -35,10 +35,11 @@ def _refuse(run: RunDir, what: str, diffs: str) -> ValueError:
 
 
 def _what_weights_fit(card: ModelCard) -> dict[str, Any]:
-    d = card.to_dict()  # the JSON form: tuples and lists compare equal
-    options = {k: v for k, v in d["model_options"].items() if k != "dtype"}  # parameters are float32 anyway
-    return {"model": d["model"], "model_options": json.loads(json.dumps(options)), "classes": d["classes"],
-            "binary": d["binary"], "input_shape": d["input_shape"]}
+    """The card's contract (model, options but the dtype, classes, preprocessing) and the input shape; the
+    monitor is checked apart, with its own words."""
+    fit = contract(card)
+    del fit["monitor"]
+    return {**fit, "input_shape": json.loads(json.dumps(card.to_dict()["input_shape"]))}
 
 
 def _check_weights_fit(run: RunDir, saved: ModelCard, card: ModelCard) -> None:

@@ -115,8 +115,8 @@ class RunDir:
                 return entry, foreign
             if (entry.name == MODEL_CARD and entry.is_file()) or _OURS_IN_CHECKPOINTS.match(entry.name):
                 continue
-            if entry.name == TRASH and entry.is_dir() and (entry / TRASH_TOKEN).is_file():
-                continue  # steps this run dropped
+            if entry.name == TRASH and entry.is_dir() and ((entry / TRASH_TOKEN).is_file() or not any(entry.iterdir())):
+                continue  # steps this run dropped (empty: a kill came between creating it and its token)
             tmp = _ORBAX_TMP.match(entry.name)
             if tmp and entry.is_dir() and pending is not None and int(tmp.group(1)) == pending:
                 continue  # orbax's own folder for the step being saved when a kill came
@@ -182,7 +182,7 @@ class RunDir:
             if _OURS_IN_RUN.match(entry.name) and not entry.is_symlink():
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         if self.checkpoints.is_dir() and not self.checkpoints.is_symlink():
-            for entry in self.checkpoints.glob(".model_card.json.*.tmp"):
+            for entry in self.checkpoints.glob(".*.tmp"):
                 if _OURS_IN_CHECKPOINTS.match(entry.name) and entry.is_file() and not entry.is_symlink():
                     entry.unlink()
 
