@@ -1,4 +1,4 @@
-"""The `jaxnets` command: train | evaluate | predict | package | serve | bench."""
+"""The `jaxnets` command: train | evaluate | predict | convert | package | serve | bench."""
 
 from __future__ import annotations
 
@@ -23,13 +23,49 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_train(sub) -> None:
     from .options import add_config_arguments
-    from .train.config import TrainConfig
+    from .train.config import FINETUNE_RECIPE, TrainConfig
 
+    settings = {**FINETUNE_RECIPE, **FINETUNE_RECIPE["optim"]}
+    recipe = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k != "optim")
     p = sub.add_parser("train", help="train a model; keeps the best and latest checkpoints",
                        description="Train a registered model on a dataset. Example: "
-                                   "jaxnets train --model lenet5 --data digits --out runs/digits")
+                                   "jaxnets train --model lenet5 --data digits --out runs/digits. "
+                                   f"With --pretrained, the options not given default to the fine-tuning recipe: "
+                                   f"{recipe}, --freeze-epochs 1, --backbone-lr-mult 0.1.")
     add_config_arguments(p, TrainConfig)
     p.set_defaults(func=_train)
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="turn torchvision/timm weights into a jaxnets checkpoint",
+                       description="Writes an ordinary jaxnets checkpoint (model card with the classes and the "
+                                   "evaluation preprocessing) that predict, evaluate, package and serve use as is. "
+                                   "Example: jaxnets convert --from torchvision:resnet18 --out models/resnet18")
+    p.add_argument("--from", dest="source", required=True,
+                   help="a .pth/.pt/.safetensors file, a URL (#sha256=… unless torchvision names it), "
+                        "torchvision:MODEL[.WEIGHTS] or timm:MODEL.TAG")
+    p.add_argument("--model", default=None, help="the jaxnets model the weights are for (a catalogue name says it)")
+    p.add_argument("--out", required=True, help="a new or empty folder for the checkpoint")
+    p.add_argument("--classes", default=None, help="a file with one class name per line (default: ImageNet's "
+                                                   "names for a 1,000-way head, else class_0, class_1, …)")
+    p.add_argument("--size", type=positive_int, default=224, help="input height = width (default 224)")
+    p.set_defaults(func=_convert)
+
+
+def _convert(args) -> int:
+    from pathlib import Path
+
+    from .models import list_models
+    from .pretrained import convert
+
+    if args.model is not None and args.model not in list_models():
+        raise ValueError(f"unknown model {args.model!r}; choose one of: {', '.join(list_models())}")
+    classes = None
+    if args.classes is not None:
+        classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+    out = convert(args.source, args.model, args.out, classes, args.size)
+    print(f"checkpoint {out / 'checkpoints'}: {json.loads((out / 'convert.json').read_text())['report'][0]}")
+    return 0
 
 
 def _model_options(given: dict) -> dict:
@@ -52,7 +88,9 @@ def _train_config(args):
     saved = saved_config(top.get("out", TrainConfig.out)) if top.get("resume") else None
     if saved is not None:  # how the saved run was started (--overwrite, --quiet) is not part of what it is
         saved = dataclasses.replace(saved, resume=False, overwrite=False, quiet=False)
-    cfg = from_options(top, nested.get("optim", {}), _model_options(model), base=saved)
+    # --pretrained alone brings the fine-tuning recipe
+    base = TrainConfig.finetuning() if saved is None and top.get("pretrained") else saved
+    cfg = from_options(top, nested.get("optim", {}), _model_options(model), base=base)
     diff = changes(saved, cfg) if saved is not None else []
     note = f"resuming {cfg.out}" + (f" with {'; '.join(diff)}" if diff else " with its saved options")
     return cfg, (lambda: print(note, file=sys.stderr)) if saved is not None else None
@@ -150,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_convert(sub)
     from . import bench, service_cli  # their heavy imports happen inside the commands, not here
 
     service_cli.add_parser(sub)

@@ -93,3 +93,12 @@ def test_small_init_stays_stuck_while_he_learns():
     _, small = scratch.train(X, Y, [10, 30, 30, 20, 20, 1], acts, "small", lr=0.0075, iterations=1500, every=1499)
     assert he[-1] < 0.4
     assert abs(small[-1] - 0.693) < 0.01  # the classic lesson: stuck at ln 2
+
+
+def test_finetune_example_starts_from_another_run(photos, tmp_path):
+    """The fine-tune example end to end, its weights a jaxnets run of the same model (ImageNet weights need
+    internet: test_pretrained covers the download path against a local server)."""
+    _run("resnet18.py", "--data", str(photos), "--size", "32", "--out", str(tmp_path / "source"))
+    stdout = _run("finetune.py", "--data", str(photos), "--size", "32", "--weights", str(tmp_path / "source"),
+                  "--out", str(tmp_path / "tuned"))
+    assert "fine-tuned from" in stdout and (tmp_path / "tuned" / "checkpoints" / "model_card.json").is_file()

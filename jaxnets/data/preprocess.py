@@ -39,8 +39,10 @@ class ImageError(ValueError):
 class PreprocessSpec:
     """What a model expects. Saved with every checkpoint, so serving reproduces training exactly.
 
-    resize: "stretch" (to height×width), "crop" (shorter side to size, then centre crop), or "pad"
-    (centre the image, shrinking it only if it does not fit: MNIST 28×28 → LeNet's 32×32).
+    resize: "stretch" (to height×width), "crop" (shorter side to size / crop_pct, then the centre
+    height×width), or "pad" (centre the image, shrinking it only if it does not fit: MNIST 28×28 → LeNet's 32×32).
+    crop_pct: the share of the shorter side "crop" keeps; torchvision's ImageNet evaluation (shorter side 256,
+    centre 224) is 0.875.
     normalize: "none" ([0, 1]), "half" ((x - 0.5) / 0.5) or "imagenet" (per-channel mean/std).
     """
 
@@ -49,6 +51,7 @@ class PreprocessSpec:
     channels: int = 3
     resize: str = "stretch"
     normalize: str = "none"
+    crop_pct: float = 1.0
 
     def __post_init__(self):
         sizes = (self.height, self.width, self.channels)
@@ -62,6 +65,9 @@ class PreprocessSpec:
             raise ValueError(f"unknown normalize {self.normalize!r}; choose one of: {', '.join(NORMALIZATIONS)}")
         if self.height < 1 or self.width < 1:
             raise ValueError(f"height and width must be positive, got {self.height}×{self.width}")
+        if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) or not (
+                0.25 <= self.crop_pct <= 1):
+            raise ValueError(f"crop_pct must be a share of the image in [0.25, 1], got {self.crop_pct!r}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -79,7 +85,7 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
-        return cls(**{k: d[k] for k in ("height", "width", "channels", "resize", "normalize") if k in d})
+        return cls(**{k: d[k] for k in ("height", "width", "channels", "resize", "normalize", "crop_pct") if k in d})
 
 
 def open_image(source: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -146,7 +152,7 @@ def _resize(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     if spec.resize == "stretch":
         return img if (w, h) == (tw, th) else img.resize((tw, th), Image.BILINEAR)
     if spec.resize == "crop":
-        scale = max(tw / w, th / h)
+        scale = max(tw / w, th / h) / spec.crop_pct
         nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), Image.BILINEAR)

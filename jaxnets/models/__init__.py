@@ -21,7 +21,16 @@ from .mlp import MLP
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .vgg import VGG, VGG_CONFIGS
 
-__all__ = ["MODEL_OPTIONS", "ModelEntry", "create_model", "get_entry", "init_variables", "list_models"]
+__all__ = [
+    "MODEL_OPTIONS",
+    "ModelEntry",
+    "create_model",
+    "get_entry",
+    "head_mask",
+    "head_name",
+    "init_variables",
+    "list_models",
+]
 
 # Option names users type that differ from the module field that holds them.
 _ALIASES = {"init": "weight_init"}
@@ -137,3 +146,20 @@ def init_variables(model, input_shape: tuple[int, ...], seed: int) -> dict:
     """Initialise a model for inputs of `input_shape` (H, W, C) with a key made from `seed`."""
     key = jax.random.PRNGKey(seed)
     return model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+
+def head_name(params: dict) -> str:
+    """The classifier layer a new task replaces: ResNet's `fc`, else the last `Dense_k` (AlexNet, VGG, LeNet-5,
+    the MLPs)."""
+    if "fc" in params:
+        return "fc"
+    dense = [k for k in params if k.startswith("Dense_") and k.removeprefix("Dense_").isdecimal()]
+    if not dense:
+        raise ValueError(f"no classifier layer among {', '.join(params)}")
+    return max(dense, key=lambda k: int(k.removeprefix("Dense_")))
+
+
+def head_mask(params: dict, head: bool = True) -> dict:
+    """A tree of bools shaped like `params`: True on the head's leaves (or, with head=False, on the rest)."""
+    name = head_name(params)
+    return {k: jax.tree.map(lambda _, k=k: (k == name) == head, v) for k, v in params.items()}

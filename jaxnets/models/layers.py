@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -79,6 +80,43 @@ def max_pool(x: Array, window: int, stride: int, padding: int = 0) -> Array:
     extra_w = max(0, window - (w + 2 * padding))
     pads = ((padding, padding + extra_h), (padding, padding + extra_w))
     return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+
+
+class BatchNorm(nn.Module):
+    """torch.nn.BatchNorm2d's semantics in Flax's variable layout (params scale/bias, batch_stats mean/var).
+
+    It differs from flax.linen.BatchNorm where torch does, so that ImageNet weights imported from torchvision
+    keep training as they did there: the running variance is updated with the unbiased batch variance
+    (n/(n-1)), and the batch statistics are computed in float32 in two passes (mean, then the mean squared
+    deviation), whatever the compute dtype. momentum is Flax's (0.9 = torch's 0.1)."""
+
+    use_running_average: bool = False
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+    scale_init: Callable = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            x32 = x.astype(jnp.float32)
+            mean = x32.mean(axes)
+            var = jnp.square(x32 - mean).mean(axes)
+            if not self.is_initializing():
+                n = x.size // features
+                unbiased = var * (n / max(n - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        return (x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)).astype(self.dtype)
 
 
 def avg_pool2(x: Array) -> Array:

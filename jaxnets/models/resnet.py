@@ -8,7 +8,7 @@ from functools import partial
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import conv_kaiming_fan_out, max_pool
+from .layers import BatchNorm, conv_kaiming_fan_out, max_pool
 
 
 class _Block(nn.Module):
@@ -28,10 +28,7 @@ class _Block(nn.Module):
 
     def norm(self, train: bool, last: bool = False, name: str | None = None):
         scale_init = nn.initializers.zeros if (last and self.zero_init_residual) else nn.initializers.ones
-        return nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
-            dtype=self.dtype, name=name,
-        )
+        return BatchNorm(use_running_average=not train, scale_init=scale_init, dtype=self.dtype, name=name)
 
     def shortcut(self, x, out_filters: int, train: bool):
         if x.shape[-1] == out_filters and self.strides == 1:
@@ -71,8 +68,7 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         x = nn.Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
                     kernel_init=conv_kaiming_fan_out, dtype=self.dtype, name="conv1")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                         name="bn1")(x)
+        x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
         x = max_pool(nn.relu(x), 3, 2, padding=1)
         block = partial(self.block, zero_init_residual=self.zero_init_residual, dtype=self.dtype)
         for stage, blocks in enumerate(self.stage_sizes):

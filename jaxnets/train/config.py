@@ -16,9 +16,17 @@ from ..data.preprocess import NORMALIZATIONS, RESIZE_MODES, PreprocessSpec
 from ..inference.card import MONITORS
 from ..models import create_model, get_entry, list_models
 from ..models.layers import choose
-from .optim import OptimConfig
+from .optim import FineTune, OptimConfig
 
 LOSSES = ("auto", "bce", "softmax")
+# What `--pretrained` brings for the options not given: a short run with a warm-up, the head at lr and the
+# backbone at a tenth of it after one frozen epoch, decoupled weight decay, mirrored crops and mild colour, and
+# the photo's centre rather than a stretched photo (ImageNet weights never saw stretched objects).
+FINETUNE_RECIPE: dict[str, Any] = {
+    "epochs": 6, "batch_size": 32, "resize": "crop", "augment": "classic", "label_smoothing": 0.1,
+    "optim": {"optimizer": "adamw", "lr": 1e-3, "schedule": "warmup_cosine", "warmup_epochs": 0.5,
+              "weight_decay": 0.01},
+}
 DTYPES = ("float32", "bfloat16")
 
 
@@ -56,6 +64,13 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing for the softmax loss")
     augment: str = option("none", "augmentation preset (run inside the jitted step)", choices=lambda: PRESETS)
     dtype: str = option("float32", "compute dtype (parameters stay float32)", choices=lambda: DTYPES)
+    pretrained: str | None = option(None, "start from pretrained weights: a jaxnets run, a .pth/.safetensors file, a "
+                                          "URL, torchvision:MODEL or timm:MODEL.TAG (alone, it also brings the "
+                                          "fine-tuning recipe: see `jaxnets train --help`)")
+    freeze_epochs: int | None = option(None, "with --pretrained: epochs in which only the new head trains, the "
+                                             "backbone and its BatchNorm statistics frozen (default 1)")
+    backbone_lr_mult: float | None = option(None, "with --pretrained: the backbone's learning rate as a share of "
+                                                  "--lr once it trains (default 0.1)")
     seed: int = option(0, "seed of the splits, the initialisation, the shuffling and the augmentation")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint, with its saved options "
                                  "(options given now replace them)")
@@ -66,6 +81,20 @@ class TrainConfig:
     monitor: str = option("val_accuracy", "metric that picks the best checkpoint", choices=lambda: MONITORS)
     quiet: bool = option(False, "no progress bars or per-epoch lines")
     memory_budget: int = option(DEFAULT_MEMORY_BUDGET, "bytes of decoded images kept in memory; above it, stream")
+
+    @classmethod
+    def finetuning(cls, **options: Any) -> TrainConfig:
+        """The fine-tuning recipe (FINETUNE_RECIPE) with `options` over it: what `--pretrained` alone brings."""
+        optim = dataclasses.replace(OptimConfig(), **FINETUNE_RECIPE["optim"], **options.pop("optim", {}))
+        top = {k: v for k, v in FINETUNE_RECIPE.items() if k != "optim"}
+        return cls(**{**top, **options}, optim=optim)
+
+    def finetune(self) -> FineTune | None:
+        """The two-phase schedule of a pretrained start (None when the run starts from scratch)."""
+        if not self.pretrained:
+            return None
+        return FineTune(1 if self.freeze_epochs is None else self.freeze_epochs,
+                        0.1 if self.backbone_lr_mult is None else self.backbone_lr_mult)
 
     def preprocess_spec(self) -> PreprocessSpec:
         entry = get_entry(self.model)
@@ -111,10 +140,29 @@ class TrainConfig:
                                         or len(set(self.labels)) != len(self.labels)):
             raise ValueError(f"labels must be distinct, non-empty names, got {self.labels!r}")
         create_model(self.model, 2, **self.model_options, dtype=self.dtype)  # options checked, nothing initialised
+        self._validate_pretrained()
         if self.resume and self.overwrite:
             raise ValueError("resume continues a run and overwrite deletes it: pass one of them, not both")
         self.optim.validate()
         return self
+
+    def _validate_pretrained(self) -> None:
+        if self.pretrained is None:
+            for name in ("freeze_epochs", "backbone_lr_mult"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies to a pretrained start: pass --pretrained too")
+            return
+        if not isinstance(self.pretrained, str) or not self.pretrained.strip():
+            raise ValueError(f"pretrained must name weights, got {self.pretrained!r}")
+        if self.freeze_epochs is not None and (isinstance(self.freeze_epochs, bool) or
+                                               not isinstance(self.freeze_epochs, int) or self.freeze_epochs < 0):
+            raise ValueError(f"freeze_epochs must be a whole number ≥ 0, got {self.freeze_epochs!r}")
+        mult = self.backbone_lr_mult
+        if mult is not None and not (isinstance(mult, (int, float)) and math.isfinite(mult) and 0 <= mult <= 10):
+            raise ValueError(f"backbone_lr_mult must be in [0, 10], got {mult!r}")
+        from ..pretrained import check_source
+
+        check_source(self.pretrained, self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

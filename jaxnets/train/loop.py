@@ -37,12 +37,13 @@ from ..inference.card import ModelCard, card_bytes, write_card
 from ..inference.metrics import format_report, means, per_class_report
 from ..inference.scoring import add_sums, score
 from ..report import curves_png, history_csv
+from ..runtime.sharding import replicated
 from .config import TrainConfig
-from .optim import current_lr, make_optimizer
+from .optim import current_lr, finetune_optimizer, make_optimizer
 from .resume import resume_state
 from .rundir import RunDir
 from .state import TrainState, create_state
-from .steps import StepConfig, make_eval_step, make_train_step
+from .steps import StepConfig, make_eval_step, make_head_step, make_train_step
 
 log = logging.getLogger("jaxnets.train")
 
@@ -124,6 +125,12 @@ class _Prepared:
     eval_step: Any
     schedule: Any
     card: ModelCard
+    head_step: Any = None  # the frozen phase's step of a fine-tune, for its first `frozen_epochs`
+    frozen_epochs: int = 0
+
+    def step_for(self, epoch: int) -> Any:
+        """The step of `epoch` (0-based): the head alone while the backbone is frozen, then the whole network."""
+        return self.head_step if self.head_step is not None and epoch < self.frozen_epochs else self.train_step
 
 
 def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
@@ -148,15 +155,42 @@ def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
     if train_loader is None:
         raise ValueError(f"no training images in {cfg.data}")
     _check_every_class_trains(classes, train_loader)
-    tx, schedule = make_optimizer(cfg.optim, train_loader.steps_per_epoch, cfg.epochs)
+    finetune = cfg.finetune()
+    if finetune:
+        tx, head_tx, schedule = finetune_optimizer(cfg.optim, train_loader.steps_per_epoch, cfg.epochs, finetune)
+    else:
+        (tx, schedule), head_tx = make_optimizer(cfg.optim, train_loader.steps_per_epoch, cfg.epochs), None
     model_options = {**cfg.model_options, "dtype": cfg.dtype}
     num_outputs = 1 if binary else len(classes)
     model, state = create_state(cfg.model, num_outputs, model_options, spec.shape, tx, cfg.seed, train_loader.mesh)
+    if cfg.pretrained and not _will_resume(cfg):
+        state = _start_from_pretrained(cfg, state, spec.channels, train_loader.mesh, quiet)
     step_cfg = StepConfig(spec, len(classes), binary, cfg.label_smoothing, get_augment(cfg.augment))
     card = ModelCard(model=cfg.model, model_options=model_options, classes=tuple(classes), binary=binary,
                      preprocess=spec, monitor=cfg.monitor, train_config=cfg.to_dict())
+    head_step = make_head_step(model, head_tx, step_cfg) if finetune and finetune.freeze_epochs else None
     return _Prepared(splits, train_loader, loader(splits.val, False), loader(splits.test, False), state,
-                     make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg), schedule, card)
+                     make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg), schedule, card,
+                     head_step, finetune.freeze_epochs if finetune else 0)
+
+
+def _will_resume(cfg: TrainConfig) -> bool:
+    """A resumed run restores its own weights: the pretrained ones are not read again (nor downloaded)."""
+    ckpt = Path(cfg.out) / "checkpoints"
+    return cfg.resume and ckpt.is_dir() and any(p.name.isdecimal() for p in ckpt.iterdir())
+
+
+def _start_from_pretrained(cfg: TrainConfig, state: TrainState, channels: int, mesh, quiet: bool) -> TrainState:
+    """The fresh state with the pretrained weights in place (a new head where the classes differ), reported."""
+    from ..pretrained import pretrained_variables
+
+    fresh = jax.device_get(state.variables)
+    variables, lines = pretrained_variables(cfg.pretrained, cfg.model, fresh, channels)
+    if not quiet:
+        for line in lines:
+            print(f"pretrained {line}", file=sys.stderr)
+    loaded = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+    return jax.device_put(loaded, replicated(mesh))
 
 
 def _check_every_class_trains(classes: list[str], loader: Loader) -> None:
@@ -198,14 +232,14 @@ def _train_epoch(cfg: TrainConfig, prep: _Prepared, state: TrainState, epoch: in
     an interruption can say where it stopped."""
     t0 = time.perf_counter()
     total, losses = None, []
-    loader = prep.train_loader
+    loader, train_step = prep.train_loader, prep.step_for(epoch)
     bar = tqdm(loader.epoch(epoch), total=loader.steps_per_epoch, disable=quiet, leave=False,
                desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
     for step, batch in enumerate(bar, 1):
         if stop.is_set():
             raise KeyboardInterrupt
         progress[:] = [epoch + 1, step]
-        state, sums = prep.train_step(state, batch)
+        state, sums = train_step(state, batch)
         losses.append(sums["loss_sum"])
         total = sums if total is None else add_sums(total, sums)
     train = means(jax.device_get(total))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,8 +78,46 @@ def make_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> Callab
     return optax.piecewise_constant_schedule(cfg.lr, {int(e) * steps_per_epoch: cfg.step_factor for e in boundaries})
 
 
-def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int
+@dataclass(frozen=True)
+class FineTune:
+    """A pretrained start: the head trains alone for `freeze_epochs`, then the backbone too at `backbone_lr_mult`
+    times the learning rate, on a schedule of its own that starts when it does."""
+
+    freeze_epochs: int = 1
+    backbone_lr_mult: float = 0.1
+
+
+def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int, finetune: FineTune | None = None
                    ) -> tuple[optax.GradientTransformationExtraArgs, Callable[[int], float]]:
+    """(optimizer, schedule of the head): one optimizer over all parameters, or, with `finetune`, the two masked
+    halves of `finetune_optimizer` chained."""
+    if finetune is None:
+        return _single_optimizer(cfg, steps_per_epoch, epochs)
+    tx, _, schedule = finetune_optimizer(cfg, steps_per_epoch, epochs, finetune)
+    return tx, schedule
+
+
+def finetune_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int, finetune: FineTune
+                       ) -> tuple[optax.GradientTransformationExtraArgs, optax.GradientTransformationExtraArgs,
+                                  Callable[[int], float]]:
+    """(optimizer, its head half, schedule of the head). The optimizer chains two masked halves, head then
+    backbone, so its state has one structure in both phases; a frozen step updates `state[0]` with the head half
+    alone, and the backbone's moments and schedule start when the backbone starts training."""
+    from ..models import head_mask
+
+    head_tx, schedule = _single_optimizer(cfg, steps_per_epoch, epochs)
+    if finetune.backbone_lr_mult:
+        backbone_cfg = dataclasses.replace(cfg, lr=cfg.lr * finetune.backbone_lr_mult)
+        backbone_tx, _ = _single_optimizer(backbone_cfg, steps_per_epoch, max(1, epochs - finetune.freeze_epochs))
+    else:
+        backbone_tx = optax.set_to_zero()
+    head_half = optax.masked(head_tx, head_mask)
+    backbone_half = optax.masked(backbone_tx, lambda params: head_mask(params, head=False))
+    return optax.chain(head_half, backbone_half), head_half, schedule
+
+
+def _single_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int
+                      ) -> tuple[optax.GradientTransformationExtraArgs, Callable[[int], float]]:
     """(optimizer, schedule). With "plateau", the optimizer also scales updates by
     optax.contrib.reduce_on_plateau, fed the training loss averaged over each epoch."""
     choose({o: o for o in OPTIMIZERS}, cfg.optimizer, "optimizer")

@@ -20,7 +20,7 @@ from ..data.dataset import Splits
 from ..data.record import data_root, fingerprint, read_record
 from ..inference.card import ModelCard, check_card_matches_step, contract, read_card
 from .config import TrainConfig
-from .optim import OptimConfig, make_optimizer
+from .optim import make_optimizer
 from .rundir import RunDir
 from .state import TrainState
 
@@ -72,13 +72,17 @@ def _check_same_split(run: RunDir, saved_config: dict[str, Any], cfg: TrainConfi
 def _check_optimizer_fits(run: RunDir, saved_config: dict[str, Any], cfg: TrainConfig, state: TrainState,
                           steps_per_epoch: int) -> None:
     """The saved optimizer state must have the structure the new options build (orbax's own error is a tree)."""
-    saved_optim = OptimConfig(**{**saved_config["optim"], "step_epochs": tuple(saved_config["optim"]["step_epochs"])})
-    tx, _ = make_optimizer(saved_optim, steps_per_epoch, int(saved_config["epochs"]))
+    saved_cfg = TrainConfig.from_dict(saved_config)
+    saved_optim = saved_cfg.optim
+    tx, _ = make_optimizer(saved_optim, steps_per_epoch, saved_cfg.epochs, saved_cfg.finetune())
     saved_structure = jax.tree.structure(jax.eval_shape(tx.init, state.params))
     if saved_structure != jax.tree.structure(state.opt_state):
         fields = ("optimizer", "clip_norm", "weight_decay", "schedule")
         diffs = "; ".join(f"{k}: saved {getattr(saved_optim, k)!r}, now {getattr(cfg.optim, k)!r}" for k in fields
                           if getattr(saved_optim, k) != getattr(cfg.optim, k))
+        if (saved_cfg.pretrained is None) != (cfg.pretrained is None):
+            start = f"pretrained: saved {saved_cfg.pretrained!r}, now {cfg.pretrained!r}"
+            diffs = f"{start}; {diffs}" if diffs else start
         raise _refuse(run, "optimizer state", diffs or "its structure differs")
 
 

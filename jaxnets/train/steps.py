@@ -59,6 +59,36 @@ def make_train_step(model, tx, cfg: StepConfig) -> Callable:
     return runtime.jit(train_step, donate_argnums=0)
 
 
+def make_head_step(model, head_tx, cfg: StepConfig) -> Callable:
+    """The frozen phase of a fine-tune: head_step(state, batch) → (state, metric sums) where only the head
+    learns. The backbone runs in inference mode (BatchNorm on its running statistics, which stay as they are;
+    no dropout), its parameters are returned bit-identical, and XLA drops its backward pass (its gradients are
+    never used). `head_tx` is the head half of `finetune_optimizer`; the backbone half of the state is untouched."""
+    from ..models import head_mask
+
+    def head_step(state: TrainState, batch):
+        x = normalize(augment_batch(to_unit(batch["image"]), jax.random.fold_in(state.rng, state.step), cfg.augment),
+                      cfg.spec)
+        mask = batch["mask"]
+        count = jnp.maximum(jnp.sum(mask), 1)
+
+        def loss_fn(params):
+            logits = model.apply({"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats
+                                                        else {})}, x, train=False)
+            loss, preds = loss_and_predictions(logits, batch["label"], cfg.binary, cfg.label_smoothing)
+            return jnp.sum(loss * mask) / count, (loss, preds)
+
+        (mean_loss, (loss, preds)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        head_state, backbone_state = state.opt_state
+        updates, head_state = head_tx.update(grads, head_state, state.params, value=mean_loss)
+        is_head = head_mask(state.params)
+        params = jax.tree.map(lambda p, u, h: p + u if h else p, state.params, updates, is_head)
+        new_state = state.replace(params=params, opt_state=(head_state, backbone_state), step=state.step + 1)
+        return new_state, summed(loss, preds, batch["label"], mask)
+
+    return runtime.jit(head_step, donate_argnums=0)
+
+
 def make_eval_step(model, cfg: StepConfig) -> Callable:
     """eval_step(variables, batch) → metric sums with the confusion matrix: inference's, for the step's config."""
     return inference_eval_step(model, cfg.spec, cfg.num_classes, cfg.binary)

@@ -1,0 +1,259 @@
+"""Where pretrained weights come from: a local file, a URL, or a name from torchvision's or timm's catalogue.
+
+A name (`torchvision:resnet18`, `torchvision:resnet50.IMAGENET1K_V1`, `timm:resnet50.a1_in1k`) or a URL is
+downloaded once into the user's cache and checked against its published hash before it is used; a file that
+does not match is never kept. torchvision publishes the first hex digits of each file's SHA-256 in its name
+(`resnet18-f37072fd.pth`); the Hugging Face hub that hosts timm's files sends the full SHA-256 of a large file
+in its `X-Linked-Etag` header; any other URL must carry `#sha256=<hex>`.
+
+`.safetensors` files are read with the safetensors package (no torch needed); `.pth`/`.pt` files only with
+`torch.load(weights_only=True)`, never with plain pickle, which could run code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TORCHVISION = "https://download.pytorch.org/models/"
+HUGGINGFACE = "https://huggingface.co/"
+MIRROR_ENV = "JAXNETS_WEIGHTS_MIRROR"  # scheme://host[:port] serving the same paths (a company mirror)
+CACHE_ENV = "JAXNETS_CACHE"
+
+# torchvision's ImageNet weights for the models jaxnets has (file names as published; the 8 hex digits are
+# the start of the file's SHA-256). The first of each model is the default, torchvision's own DEFAULT.
+_TORCHVISION_FILES: dict[str, dict[str, tuple[str, int]]] = {
+    # model: {weights name: (file, resize of the shorter side before the 224 centre crop)}
+    "alexnet": {"IMAGENET1K_V1": ("alexnet-owt-7be5be79.pth", 256)},
+    "vgg11": {"IMAGENET1K_V1": ("vgg11-8a719046.pth", 256)},
+    "vgg11_bn": {"IMAGENET1K_V1": ("vgg11_bn-6002323d.pth", 256)},
+    "vgg13": {"IMAGENET1K_V1": ("vgg13-19584684.pth", 256)},
+    "vgg13_bn": {"IMAGENET1K_V1": ("vgg13_bn-abd245e5.pth", 256)},
+    "vgg16": {"IMAGENET1K_V1": ("vgg16-397923af.pth", 256)},
+    "vgg16_bn": {"IMAGENET1K_V1": ("vgg16_bn-6c64b313.pth", 256)},
+    "vgg19": {"IMAGENET1K_V1": ("vgg19-dcbb9e9d.pth", 256)},
+    "vgg19_bn": {"IMAGENET1K_V1": ("vgg19_bn-c79401a0.pth", 256)},
+    "resnet18": {"IMAGENET1K_V1": ("resnet18-f37072fd.pth", 256)},
+    "resnet34": {"IMAGENET1K_V1": ("resnet34-b627a593.pth", 256)},
+    "resnet50": {"IMAGENET1K_V2": ("resnet50-11ad3fa6.pth", 232), "IMAGENET1K_V1": ("resnet50-0676ba61.pth", 256)},
+    "resnet101": {"IMAGENET1K_V2": ("resnet101-cd907fc2.pth", 232),
+                  "IMAGENET1K_V1": ("resnet101-63fe2227.pth", 256)},
+    "resnet152": {"IMAGENET1K_V2": ("resnet152-f82ba261.pth", 232),
+                  "IMAGENET1K_V1": ("resnet152-394f9c45.pth", 256)},
+}
+# timm's ResNets share torchvision's key names (checked by the tests with timm's own models); its other
+# families (resnet50d, ResNeSt, …) have other stems and are refused by the import.
+_TIMM_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be had or trusted: an unknown name, a failed download, a hash that differs."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A resolved source: the local file, the model it is for (when the name says), and its evaluation
+    preprocessing (shorter side to size / crop_pct, centre crop of size)."""
+
+    path: Path
+    model: str | None = None
+    crop_pct: float = 0.875
+    imagenet: bool = False  # known to be an ImageNet-1k checkpoint (its classes are the ImageNet names)
+
+
+def cache_dir() -> Path:
+    """$JAXNETS_CACHE, else $XDG_CACHE_HOME/jaxnets, else ~/.cache/jaxnets."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jaxnets"
+
+
+def resolve(source: str) -> Weights:
+    """A local path, a URL or a catalogue name → the verified local file (downloaded once if needed)."""
+    if source.startswith("torchvision:"):
+        return _torchvision(source.removeprefix("torchvision:"))
+    if source.startswith("timm:"):
+        return _timm(source.removeprefix("timm:"))
+    if re.match(r"^https?://", source):
+        return Weights(download(source))
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise WeightsError(f"{source}: no such file, and not a name (torchvision:MODEL, timm:MODEL.TAG) or a URL")
+    if not path.is_file():
+        raise WeightsError(f"{source} is not a weights file (.pth, .pt or .safetensors)")
+    return Weights(path)
+
+
+def _torchvision(name: str) -> Weights:
+    model, _, tag = name.partition(".")
+    files = _TORCHVISION_FILES.get(model)
+    if files is None:
+        raise WeightsError(f"torchvision has no ImageNet weights jaxnets can use for {model!r}; choose one of: "
+                           f"{', '.join(_TORCHVISION_FILES)}")
+    tag = tag or next(iter(files))
+    if tag not in files:
+        raise WeightsError(f"torchvision's {model} has no weights {tag!r}; choose one of: {', '.join(files)}")
+    file, resize = files[tag]
+    return Weights(download(TORCHVISION + file), model, round(224 / resize, 6), imagenet=True)
+
+
+def _timm(name: str) -> Weights:
+    model, _, tag = name.partition(".")
+    if model not in _TIMM_MODELS or not re.fullmatch(r"[\w.-]+", tag or "-"):
+        raise WeightsError(f"timm:{name}: jaxnets imports timm's {', '.join(_TIMM_MODELS)} (their key names match "
+                           "torchvision's), named MODEL.TAG, e.g. timm:resnet50.a1_in1k")
+    if not tag:
+        raise WeightsError(f"timm:{name} needs a pretrained tag, e.g. timm:{model}.a1_in1k")
+    url = f"{HUGGINGFACE}timm/{model}.{tag}/resolve/main/model.safetensors"
+    crop_pct = 0.95 if re.match(r"a[123]h?_", tag) else 0.875  # timm's own evaluation crops for these tags
+    return Weights(download(url, cache_name=f"timm-{model}.{tag}.safetensors"), model, crop_pct,
+                   imagenet=tag.endswith("in1k"))
+
+
+def _mirrored(url: str) -> str:
+    mirror = os.environ.get(MIRROR_ENV)
+    if not mirror:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    return mirror.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _expected_hash(url: str) -> str | None:
+    """The hash the URL publishes: `#sha256=<hex>`, or the hex digits torchvision puts in its file names."""
+    fragment = urllib.parse.urlsplit(url).fragment
+    if fragment.startswith("sha256="):
+        digest = fragment.removeprefix("sha256=").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise WeightsError(f"{url}: #sha256= must be followed by 64 hex digits")
+        return digest
+    name = Path(urllib.parse.urlsplit(url).path).name
+    match = re.search(r"-([0-9a-f]{8,64})\.(pth|pt|safetensors)$", name)
+    return match.group(1) if match else None
+
+
+def download(url: str, cache_name: str | None = None, timeout: float = 60.0) -> Path:
+    """The cached file of `url`, downloading it first if it is not there yet; its SHA-256 must match the
+    published one, else nothing is kept and WeightsError says so."""
+    parts = urllib.parse.urlsplit(url)
+    name = cache_name or Path(parts.path).name
+    if not re.fullmatch(r"[\w.+-]+", name) or name.startswith("."):
+        raise WeightsError(f"{url}: cannot tell a file name from this URL")
+    target = cache_dir() / "weights" / name
+    expected = _expected_hash(url)
+    if target.is_file() and not target.is_symlink():  # verified when downloaded; checked again where it can be
+        if expected and not _sha256(target).startswith(expected):
+            raise WeightsError(f"{target} (the cached {url}) does not match its published SHA-256 {expected}: "
+                               "delete it to download it again")
+        return target
+    fetch = _mirrored(urllib.parse.urlunsplit(parts._replace(fragment="")))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{name}.{os.getpid()}.part")
+    try:
+        digest, published = _fetch(fetch, partial, timeout)
+        expected = expected or published
+        if expected is None:
+            raise WeightsError(f"{url} publishes no hash to check the file against: add #sha256=<its SHA-256> to "
+                               "the URL")
+        if not digest.startswith(expected):
+            raise WeightsError(f"{fetch}: the downloaded file's SHA-256 is {digest}, not the published "
+                               f"{expected}: a damaged or substituted file, not kept")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, partial: Path, timeout: float) -> tuple[str, str | None]:
+    """Stream `url` into `partial`: (its SHA-256, the SHA-256 the server publishes in X-Linked-Etag or None)."""
+    from tqdm import tqdm
+
+    request = urllib.request.Request(url, headers={"User-Agent": "jaxnets"})
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(partial, "wb") as out:
+            etag = (response.headers.get("X-Linked-Etag") or "").strip('"').lower()
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=Path(partial.name[1:]).stem,
+                      disable=None, leave=False) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        raise WeightsError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise WeightsError(f"cannot download {url}: {reason}") from None
+    return digest.hexdigest(), (etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
+
+
+def read_state(path: Path) -> dict[str, np.ndarray]:
+    """{key: float array} of a .safetensors or .pth/.pt state dict (a checkpoint wrapping one under
+    "state_dict" or "model" is unwrapped; DataParallel's "module." prefixes are dropped)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state = _read_safetensors(path)
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        state = _read_torch(path)
+    else:
+        raise WeightsError(f"{path}: weights must be a .safetensors, .pth or .pt file")
+    for key in ("state_dict", "model"):
+        if set(state) == {key} or (key in state and isinstance(state[key], dict)):
+            state = state[key]
+    if not state or not all(isinstance(v, np.ndarray) for v in state.values()):
+        raise WeightsError(f"{path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise WeightsError(f"reading {path.name} needs the safetensors package: pip install safetensors") from None
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def _read_torch(path: Path) -> dict:
+    try:
+        import torch
+    except ImportError:
+        raise WeightsError(f"reading {path.name} needs PyTorch (CPU build is enough): pip install torch "
+                           "--index-url https://download.pytorch.org/whl/cpu, or convert the file to .safetensors"
+                           ) from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError…): one answer
+        raise WeightsError(f"{path} is not a PyTorch state dict torch.load(weights_only=True) can read "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+    def to_numpy(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(torch.float32).numpy() if value.is_floating_point() else value.numpy()
+        if isinstance(value, dict):
+            return {k: to_numpy(v) for k, v in value.items()}
+        return value
+
+    if not isinstance(loaded, dict):
+        raise WeightsError(f"{path} holds a {type(loaded).__name__}, not a state dict")
+    return to_numpy(loaded)
