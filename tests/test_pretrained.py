@@ -24,7 +24,7 @@ from jaxnets import Predictor
 from jaxnets.models import create_model, init_variables
 from jaxnets.pretrained import WeightsError, convert, imagenet_classes
 from jaxnets.pretrained.layout import ImportMismatch, import_state
-from jaxnets.pretrained.sources import download, read_state
+from jaxnets.pretrained.sources import HUGGINGFACE, TORCHVISION, download, read_state
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -168,16 +168,27 @@ def test_a_state_dict_of_another_model_is_refused_naming_the_tensor(tmp_path):
 # ------------------------------------------------------------------------------------------------ download
 
 class _Server:
-    """A local HTTP server: path → (body, extra headers), counting the requests it answers."""
+    """A local HTTP server: path → (body, extra headers), or path → a redirect (status 302, its Location and
+    headers, as the Hugging Face hub answers), counting the requests it answers."""
 
     def __init__(self):
         self.files: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.redirects: dict[str, tuple[str, dict[str, str]]] = {}
         self.requests: list[str] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests.append(self.path)
+                if self.path in server.redirects:
+                    location, headers = server.redirects[self.path]
+                    self.send_response(302)
+                    self.send_header("Location", location)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path not in server.files:
                     self.send_error(404)
                     return
@@ -205,6 +216,7 @@ class _Server:
 def server(monkeypatch, tmp_path):
     monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path / "cache"))
     s = _Server()
+    monkeypatch.setenv("JAXNETS_WEIGHTS_MIRROR", s.url)  # official URLs are fetched from here, same paths
     yield s
     s.close()
 
@@ -218,33 +230,57 @@ def test_a_download_with_the_right_hash_is_cached_and_not_fetched_again(server, 
     body = b"weights " * 1000
     digest = hashlib.sha256(body).hexdigest()
     server.files[f"/models/net-{digest[:8]}.pth"] = (body, {})
-    url = f"{server.url}/models/net-{digest[:8]}.pth"
+    url = f"{TORCHVISION}net-{digest[:8]}.pth"  # torchvision's rule: the file name carries the hash's start
     first = download(url)
     assert first.read_bytes() == body and len(server.requests) == 1
     assert download(url) == first and len(server.requests) == 1  # from the cache
-    server.files["/other.bin"] = (body, {})
-    assert download(f"{server.url}/other.bin#sha256={digest}").read_bytes() == body
+    server.files["/other/net.bin"] = (body, {})
+    server.files["/more/net.bin"] = (body + b"!", {})
+    other = download(f"{server.url}/other/net.bin#sha256={digest}")
+    more = download(f"{server.url}/more/net.bin#sha256={hashlib.sha256(body + b'!').hexdigest()}")
+    assert other.read_bytes() == body and more.read_bytes() == body + b"!"  # same file name, two cache entries
 
 
-@pytest.mark.parametrize("how", ["file_name", "fragment", "no_hash"])
+def test_the_hubs_hash_is_read_from_its_redirect_to_the_cdn(server, tmp_path):
+    body = b"safetensors bytes " * 500
+    server.redirects["/timm/net/resolve/main/model.safetensors"] = (
+        f"{server.url}/cdn/abc", {"X-Linked-Etag": f'"{hashlib.sha256(body).hexdigest()}"'})
+    server.files["/cdn/abc"] = (body, {})  # the CDN's answer carries no hash, as on the real hub
+    assert download(f"{HUGGINGFACE}timm/net/resolve/main/model.safetensors").read_bytes() == body
+    server.redirects["/timm/bad/resolve/main/model.safetensors"] = (f"{server.url}/cdn/abc",
+                                                                    {"X-Linked-Etag": f'"{"2" * 64}"'})
+    with pytest.raises(WeightsError, match="not the published"):
+        download(f"{HUGGINGFACE}timm/bad/resolve/main/model.safetensors")
+    server.redirects["/timm/none/resolve/main/model.safetensors"] = (f"{server.url}/cdn/abc", {})
+    with pytest.raises(WeightsError, match="sent no SHA-256"):
+        download(f"{HUGGINGFACE}timm/none/resolve/main/model.safetensors")
+    assert len(_cache_files(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("how", ["file_name", "fragment", "no_hash", "digits_elsewhere"])
 def test_a_download_with_a_wrong_or_missing_hash_is_refused_and_nothing_is_kept(server, tmp_path, how):
     body = b"not the weights you are looking for"
     server.files["/models/net-deadbeef.pth"] = (body, {})
     server.files["/plain.pth"] = (body, {})
-    url = {"file_name": f"{server.url}/models/net-deadbeef.pth",
+    server.files["/x/resnet18-20240101.pth"] = (body, {})
+    url = {"file_name": f"{TORCHVISION}net-deadbeef.pth",
            "fragment": f"{server.url}/plain.pth#sha256={'0' * 64}",
-           "no_hash": f"{server.url}/plain.pth"}[how]
+           "no_hash": f"{server.url}/plain.pth",
+           "digits_elsewhere": f"{server.url}/x/resnet18-20240101.pth"}[how]  # a date, not torchvision's hash
     with pytest.raises(WeightsError, match=r"not the published|publishes no hash"):
         download(url)
     assert _cache_files(tmp_path) == []
+    if how in ("no_hash", "digits_elsewhere"):
+        assert server.requests == []  # refused before anything was downloaded
 
 
-def test_catalogue_names_download_from_their_official_paths_through_a_mirror(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("JAXNETS_WEIGHTS_MIRROR", server.url)
+def test_catalogue_names_download_from_their_official_paths_through_a_mirror(server, tmp_path):
     reference = _torch_model("resnet18", seed=2)
     body = _save(reference, tmp_path / "w.safetensors").read_bytes()
     digest = hashlib.sha256(body).hexdigest()
-    server.files["/timm/resnet18.a1_in1k/resolve/main/model.safetensors"] = (body, {"X-Linked-Etag": f'"{digest}"'})
+    server.redirects["/timm/resnet18.a1_in1k/resolve/main/model.safetensors"] = (
+        "/cdn/r18", {"X-Linked-Etag": f'"{digest}"'})
+    server.files["/cdn/r18"] = (body, {})
     out = convert("timm:resnet18.a1_in1k", None, tmp_path / "converted")
     card = json.loads((out / "checkpoints" / "model_card.json").read_text())
     assert card["model"] == "resnet18" and card["preprocess"]["crop_pct"] == 0.95 and card["classes"][0] == "tench"
@@ -258,9 +294,6 @@ def test_catalogue_names_download_from_their_official_paths_through_a_mirror(ser
     with pytest.raises(WeightsError, match="f37072fd"):
         convert("torchvision:resnet18", None, tmp_path / "tv")
     assert [n for n in _cache_files(tmp_path) if "f37072fd" in n] == [] and not (tmp_path / "tv").exists()
-    server.files["/timm/resnet34.a1_in1k/resolve/main/model.safetensors"] = (body, {"X-Linked-Etag": f'"{"1" * 64}"'})
-    with pytest.raises(WeightsError, match="not the published"):
-        convert("timm:resnet34.a1_in1k", None, tmp_path / "t34")
 
 
 # ------------------------------------------------------------------------------------------------ fine-tuning
@@ -279,12 +312,23 @@ def _jaxnets(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jaxnets", *args], capture_output=True, text=True)
 
 
-@pytest.mark.slow
-def test_a_frozen_first_epoch_keeps_the_backbone_bit_identical_then_the_whole_network_trains(tmp_path):
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    """A ResNet-18 from torchvision (random weights, real BN statistics) converted into a jaxnets checkpoint."""
+    root = tmp_path_factory.mktemp("converted")
+    return convert(str(_save(_torch_model("resnet18", seed=4), root / "w.pth")), "resnet18", root / "converted")
+
+
+def _same(a, b) -> bool:
     import jax
 
-    converted = convert(str(_save(_torch_model("resnet18", seed=4), tmp_path / "w.pth")), "resnet18",
-                        tmp_path / "converted")
+    return jax.tree.all(jax.tree.map(np.array_equal, a, b))
+
+
+@pytest.mark.slow
+def test_a_frozen_first_epoch_keeps_the_backbone_bit_identical_then_the_whole_network_trains(tmp_path, converted):
+    import jax
+
     data, run = _photo_folder(tmp_path / "photos"), tmp_path / "run"
     common = ["--model", "resnet18", "--data", str(data), "--size", "32", "--out", str(run), "--quiet"]
     done = _jaxnets("train", *common, "--pretrained", str(converted), "--freeze-epochs", "1", "--epochs", "1")
@@ -311,17 +355,54 @@ def test_a_frozen_first_epoch_keeps_the_backbone_bit_identical_then_the_whole_ne
     assert config["pretrained"] == str(converted) and config["optim"]["optimizer"] == "adamw"  # the recipe
 
 
+@pytest.mark.slow
+def test_a_backbone_multiplier_of_zero_trains_the_head_alone_in_every_epoch(tmp_path, converted):
+    data, run = _photo_folder(tmp_path / "photos", n=12), tmp_path / "run"
+    done = _jaxnets("train", "--model", "resnet18", "--data", str(data), "--size", "32", "--out", str(run), "--quiet",
+                    "--pretrained", str(converted), "--freeze-epochs", "0", "--backbone-lr-mult", "0", "--epochs", "2")
+    assert done.returncode == 0, done.stderr
+    imported = Predictor.from_checkpoint(converted).variables
+    trained = Predictor.from_checkpoint(run, which="latest").variables
+    assert Predictor.from_checkpoint(run, which="latest").step == 2
+    assert _same({k: v for k, v in trained["params"].items() if k != "fc"},
+                 {k: v for k, v in imported["params"].items() if k != "fc"})
+    assert _same(trained["batch_stats"], imported["batch_stats"])  # inference mode all along: statistics kept
+
+
+def test_clipping_in_a_fine_tune_is_over_the_global_norm_as_from_scratch():
+    from jaxnets.train.optim import FineTune, OptimConfig, finetune_optimizer
+
+    params = {"Conv_0": {"kernel": np.zeros(3, np.float32)}, "Dense_0": {"kernel": np.zeros(4, np.float32)}}
+    grads = {"Conv_0": {"kernel": np.array([3.0, 0, 0], np.float32)},
+             "Dense_0": {"kernel": np.array([4.0, 0, 0, 0], np.float32)}}  # global norm 5
+    tx, _, _ = finetune_optimizer(OptimConfig("sgd", 1.0, clip_norm=1.0), 10, 2, FineTune(0, 1.0))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    norm = np.sqrt(sum(float(np.sum(np.square(u))) for u in __import__("jax").tree.leaves(updates)))
+    assert norm == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(updates["Dense_0"]["kernel"], [-0.8, 0, 0, 0], rtol=1e-5)
+
+
 @pytest.mark.parametrize("args, says", [
     (["--model", "lenet5", "--pretrained", "torchvision:resnet18"], "no torchvision layout"),
     (["--model", "resnet50", "--pretrained", "torchvision:resnet18"], "resnet18 weights"),
     (["--model", "resnet18", "--pretrained", "nowhere/weights.pth"], "no such file"),
     (["--model", "resnet18", "--freeze-epochs", "2"], "pass --pretrained"),
+    (["--model", "resnet18", "--pretrained", "http://127.0.0.1:9/weights.pth"], "publishes no hash"),
 ])
 def test_pretrained_mistakes_are_one_line_before_anything_is_read(tmp_path, args, says):
     done = _jaxnets("train", "--data", "digits", "--out", str(tmp_path / "r"), *args)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and says in lines[0], done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_converted_checkpoint_is_not_a_run_to_resume_or_overwrite(tmp_path, converted):
+    import shutil
+
+    copy = Path(shutil.copytree(converted, tmp_path / "converted"))
+    for extra in (["--resume"], ["--overwrite"], []):
+        done = _jaxnets("train", "--model", "resnet18", "--data", "digits", "--out", str(copy), *extra)
+        assert done.returncode == 2 and "jaxnets convert" in done.stderr and f"--pretrained {copy}" in done.stderr
 
 
 def test_convert_refuses_garbage_and_a_used_folder_in_one_line(tmp_path):
@@ -333,6 +414,12 @@ def test_convert_refuses_garbage_and_a_used_folder_in_one_line(tmp_path):
     bad.write_bytes(b"{}")
     done = _jaxnets("convert", "--from", str(bad), "--model", "resnet18", "--out", str(tmp_path / "b"))
     assert done.returncode == 2 and "safetensors" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    wrapped = tmp_path / "wrapped.pth"
+    import torch
+
+    torch.save({"model": torch.zeros(3)}, wrapped)  # "model" holding a tensor, not a state dict
+    done = _jaxnets("convert", "--from", str(wrapped), "--model", "resnet18", "--out", str(tmp_path / "c"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "fc.weight" in done.stderr
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("mine")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .layout import HEADS, ImportMismatch, ImportReport, family, import_state
-from .sources import WeightsError, read_state, resolve
+from .sources import WeightsError, check_url, read_state, resolve
 
 __all__ = ["ImportMismatch", "ImportReport", "WeightsError", "check_source", "convert", "imagenet_classes",
            "pretrained_variables"]
@@ -154,6 +154,8 @@ def check_source(source: str, model_name: str) -> None:
             if named != model_name:
                 raise ImportMismatch(f"{source} holds {named} weights, not {model_name}'s: pass --model {named}")
             return
-    if not source.startswith(("http://", "https://")) and not Path(source).expanduser().is_file():
+    if source.startswith(("http://", "https://")):
+        check_url(source)
+    elif not Path(source).expanduser().is_file():
         raise WeightsError(f"{source}: no such file or jaxnets run, and not a name (torchvision:MODEL, "
                            "timm:MODEL.TAG) or a URL")

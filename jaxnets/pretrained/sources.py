@@ -4,7 +4,8 @@ A name (`torchvision:resnet18`, `torchvision:resnet50.IMAGENET1K_V1`, `timm:resn
 downloaded once into the user's cache and checked against its published hash before it is used; a file that
 does not match is never kept. torchvision publishes the first hex digits of each file's SHA-256 in its name
 (`resnet18-f37072fd.pth`); the Hugging Face hub that hosts timm's files sends the full SHA-256 of a large file
-in its `X-Linked-Etag` header; any other URL must carry `#sha256=<hex>`.
+in the `X-Linked-Etag` header of its redirect to the CDN; any other URL must carry `#sha256=<hex>` and is refused
+before anything is downloaded without it. Cached files are named by a digest of their URL and their file name.
 
 `.safetensors` files are read with the safetensors package (no torch needed); `.pth`/`.pt` files only with
 `torch.load(weights_only=True)`, never with plain pickle, which could run code from the file.
@@ -128,16 +129,35 @@ def _mirrored(url: str) -> str:
 
 
 def _expected_hash(url: str) -> str | None:
-    """The hash the URL publishes: `#sha256=<hex>`, or the hex digits torchvision puts in its file names."""
-    fragment = urllib.parse.urlsplit(url).fragment
-    if fragment.startswith("sha256="):
-        digest = fragment.removeprefix("sha256=").lower()
+    """The SHA-256 (or its start) the URL's publisher gives before anything is downloaded: `#sha256=<hex>`, or
+    the hex digits torchvision puts in its file names (on its own server only). None for the Hugging Face hub,
+    which sends it with the file; any other URL without one is refused."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.fragment.startswith("sha256="):
+        digest = parts.fragment.removeprefix("sha256=").lower()
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise WeightsError(f"{url}: #sha256= must be followed by 64 hex digits")
         return digest
-    name = Path(urllib.parse.urlsplit(url).path).name
-    match = re.search(r"-([0-9a-f]{8,64})\.(pth|pt|safetensors)$", name)
-    return match.group(1) if match else None
+    if url.startswith(TORCHVISION):
+        match = re.search(r"-([0-9a-f]{8,64})\.(pth|pt)$", Path(parts.path).name)
+        if match:
+            return match.group(1)
+    if url.startswith(HUGGINGFACE):
+        return None
+    raise WeightsError(f"{urllib.parse.urlunsplit(parts._replace(fragment=''))} publishes no hash to check the file "
+                       "against: add #sha256=<its SHA-256> to the URL")
+
+
+def check_url(url: str) -> None:
+    """Refuse, before anything is downloaded, a URL that could not be verified."""
+    _expected_hash(url)
+
+
+def cached_path(url: str, name: str) -> Path:
+    """Where the file of `url` is kept: its name behind a digest of the URL, so that two URLs ending in the same
+    file name never share (or overwrite) a cached file."""
+    key = hashlib.sha256(urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(fragment="")).encode())
+    return cache_dir() / "weights" / f"{key.hexdigest()[:12]}-{name}"
 
 
 def download(url: str, cache_name: str | None = None, timeout: float = 60.0) -> Path:
@@ -147,8 +167,8 @@ def download(url: str, cache_name: str | None = None, timeout: float = 60.0) -> 
     name = cache_name or Path(parts.path).name
     if not re.fullmatch(r"[\w.+-]+", name) or name.startswith("."):
         raise WeightsError(f"{url}: cannot tell a file name from this URL")
-    target = cache_dir() / "weights" / name
     expected = _expected_hash(url)
+    target = cached_path(url, name)
     if target.is_file() and not target.is_symlink():  # verified when downloaded; checked again where it can be
         if expected and not _sha256(target).startswith(expected):
             raise WeightsError(f"{target} (the cached {url}) does not match its published SHA-256 {expected}: "
@@ -156,13 +176,13 @@ def download(url: str, cache_name: str | None = None, timeout: float = 60.0) -> 
         return target
     fetch = _mirrored(urllib.parse.urlunsplit(parts._replace(fragment="")))
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{name}.{os.getpid()}.part")
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
         digest, published = _fetch(fetch, partial, timeout)
         expected = expected or published
         if expected is None:
-            raise WeightsError(f"{url} publishes no hash to check the file against: add #sha256=<its SHA-256> to "
-                               "the URL")
+            raise WeightsError(f"{fetch} sent no SHA-256 (X-Linked-Etag) with the file: it cannot be verified, "
+                               "not kept; pass the URL with #sha256=<its SHA-256>")
         if not digest.startswith(expected):
             raise WeightsError(f"{fetch}: the downloaded file's SHA-256 is {digest}, not the published "
                                f"{expected}: a damaged or substituted file, not kept")
@@ -180,17 +200,44 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the 3xx itself comes back: the hub puts the file's SHA-256 on it, not on the CDN's answer
+
+
+def _open(url: str, timeout: float):
+    """(response, the SHA-256 published in X-Linked-Etag or None). The first answer is read without following a
+    redirect, because the Hugging Face hub sends the hash on its 302 to the CDN that serves the bytes."""
+    request = urllib.request.Request(url, headers={"User-Agent": "jaxnets"})
+    try:
+        response = urllib.request.build_opener(_NoRedirect).open(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code not in (301, 302, 303, 307, 308) or not e.headers.get("Location"):
+            raise
+        etag = _etag(e.headers)
+        e.close()
+        location = urllib.parse.urljoin(url, e.headers["Location"])
+        response = urllib.request.urlopen(urllib.request.Request(location, headers={"User-Agent": "jaxnets"}),
+                                          timeout=timeout)
+        return response, etag or _etag(response.headers)
+    return response, _etag(response.headers)
+
+
+def _etag(headers) -> str | None:
+    value = (headers.get("X-Linked-Etag") or "").strip().removeprefix("W/").strip('"').lower()
+    return value if re.fullmatch(r"[0-9a-f]{64}", value) else None
+
+
 def _fetch(url: str, partial: Path, timeout: float) -> tuple[str, str | None]:
-    """Stream `url` into `partial`: (its SHA-256, the SHA-256 the server publishes in X-Linked-Etag or None)."""
+    """Stream `url` into `partial`: (its SHA-256, the SHA-256 the server publishes or None)."""
     from tqdm import tqdm
 
-    request = urllib.request.Request(url, headers={"User-Agent": "jaxnets"})
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(partial, "wb") as out:
-            etag = (response.headers.get("X-Linked-Etag") or "").strip('"').lower()
+        response, published = _open(url, timeout)
+        with response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=Path(partial.name[1:]).stem,
+            with tqdm(total=total, unit="B", unit_scale=True, desc=partial.name[1:].split(".")[0],
                       disable=None, leave=False) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
@@ -201,7 +248,7 @@ def _fetch(url: str, partial: Path, timeout: float) -> tuple[str, str | None]:
     except (urllib.error.URLError, TimeoutError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise WeightsError(f"cannot download {url}: {reason}") from None
-    return digest.hexdigest(), (etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
+    return digest.hexdigest(), published
 
 
 def read_state(path: Path) -> dict[str, np.ndarray]:
@@ -215,7 +262,7 @@ def read_state(path: Path) -> dict[str, np.ndarray]:
     else:
         raise WeightsError(f"{path}: weights must be a .safetensors, .pth or .pt file")
     for key in ("state_dict", "model"):
-        if set(state) == {key} or (key in state and isinstance(state[key], dict)):
+        if isinstance(state.get(key), dict):
             state = state[key]
     if not state or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise WeightsError(f"{path} holds no state dict of tensors")

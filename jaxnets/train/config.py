@@ -70,7 +70,7 @@ class TrainConfig:
     freeze_epochs: int | None = option(None, "with --pretrained: epochs in which only the new head trains, the "
                                              "backbone and its BatchNorm statistics frozen (default 1)")
     backbone_lr_mult: float | None = option(None, "with --pretrained: the backbone's learning rate as a share of "
-                                                  "--lr once it trains (default 0.1)")
+                                                  "--lr once it trains (default 0.1; 0: only the head ever trains)")
     seed: int = option(0, "seed of the splits, the initialisation, the shuffling and the augmentation")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint, with its saved options "
                                  "(options given now replace them)")

@@ -39,7 +39,7 @@ from ..inference.scoring import add_sums, score
 from ..report import curves_png, history_csv
 from ..runtime.sharding import replicated
 from .config import TrainConfig
-from .optim import current_lr, finetune_optimizer, make_optimizer
+from .optim import FineTune, current_lr, finetune_optimizer, make_optimizer
 from .resume import resume_state
 from .rundir import RunDir
 from .state import TrainState, create_state
@@ -125,12 +125,13 @@ class _Prepared:
     eval_step: Any
     schedule: Any
     card: ModelCard
-    head_step: Any = None  # the frozen phase's step of a fine-tune, for its first `frozen_epochs`
-    frozen_epochs: int = 0
+    head_step: Any = None  # a fine-tune's step while its backbone is frozen
+    finetune: FineTune | None = None
 
     def step_for(self, epoch: int) -> Any:
         """The step of `epoch` (0-based): the head alone while the backbone is frozen, then the whole network."""
-        return self.head_step if self.head_step is not None and epoch < self.frozen_epochs else self.train_step
+        frozen = self.finetune is not None and self.finetune.head_only(epoch)
+        return self.head_step if frozen and self.head_step is not None else self.train_step
 
 
 def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
@@ -168,10 +169,13 @@ def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
     step_cfg = StepConfig(spec, len(classes), binary, cfg.label_smoothing, get_augment(cfg.augment))
     card = ModelCard(model=cfg.model, model_options=model_options, classes=tuple(classes), binary=binary,
                      preprocess=spec, monitor=cfg.monitor, train_config=cfg.to_dict())
-    head_step = make_head_step(model, head_tx, step_cfg) if finetune and finetune.freeze_epochs else None
+    head_step = make_head_step(model, head_tx, step_cfg) if finetune and finetune.head_only(0) else None
+    if finetune and finetune.backbone_lr_mult and finetune.freeze_epochs >= cfg.epochs:
+        log.warning("the backbone stays frozen in all %d epoch(s) of this run (--freeze-epochs %d): only the head "
+                    "trains; resume with more --epochs to train the rest", cfg.epochs, finetune.freeze_epochs)
     return _Prepared(splits, train_loader, loader(splits.val, False), loader(splits.test, False), state,
                      make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg), schedule, card,
-                     head_step, finetune.freeze_epochs if finetune else 0)
+                     head_step, finetune)
 
 
 def _will_resume(cfg: TrainConfig) -> bool:
@@ -186,7 +190,7 @@ def _start_from_pretrained(cfg: TrainConfig, state: TrainState, channels: int, m
 
     fresh = jax.device_get(state.variables)
     variables, lines = pretrained_variables(cfg.pretrained, cfg.model, fresh, channels)
-    if not quiet:
+    if not cfg.quiet:  # shown in logs too (not only on a terminal): what was imported, what starts fresh
         for line in lines:
             print(f"pretrained {line}", file=sys.stderr)
     loaded = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,16 +80,20 @@ def make_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> Callab
 @dataclass(frozen=True)
 class FineTune:
     """A pretrained start: the head trains alone for `freeze_epochs`, then the backbone too at `backbone_lr_mult`
-    times the learning rate, on a schedule of its own that starts when it does."""
+    times the head's learning rate (0: the backbone never trains, and stays in inference mode throughout)."""
 
     freeze_epochs: int = 1
     backbone_lr_mult: float = 0.1
 
+    def head_only(self, epoch: int) -> bool:
+        """Whether `epoch` (0-based) trains the head alone."""
+        return epoch < self.freeze_epochs or not self.backbone_lr_mult
+
 
 def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int, finetune: FineTune | None = None
                    ) -> tuple[optax.GradientTransformationExtraArgs, Callable[[int], float]]:
-    """(optimizer, schedule of the head): one optimizer over all parameters, or, with `finetune`, the two masked
-    halves of `finetune_optimizer` chained."""
+    """(optimizer, schedule of the head): one optimizer over all parameters, or, with `finetune`, the one of
+    `finetune_optimizer`."""
     if finetune is None:
         return _single_optimizer(cfg, steps_per_epoch, epochs)
     tx, _, schedule = finetune_optimizer(cfg, steps_per_epoch, epochs, finetune)
@@ -100,28 +103,34 @@ def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int, finetune
 def finetune_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int, finetune: FineTune
                        ) -> tuple[optax.GradientTransformationExtraArgs, optax.GradientTransformationExtraArgs,
                                   Callable[[int], float]]:
-    """(optimizer, its head half, schedule of the head). The optimizer chains two masked halves, head then
-    backbone, so its state has one structure in both phases; a frozen step updates `state[0]` with the head half
-    alone, and the backbone's moments and schedule start when the backbone starts training."""
+    """(optimizer, its head part, schedule of the head).
+
+    The optimizer is [global-norm clipping,] the head's optimizer masked to the head, the backbone's masked to
+    the rest, chained: one state structure whatever the phase or the multiplier, so a run resumes across the
+    phase change. The head part is the same chain without the backbone's half: a frozen step updates
+    `state[:-1]` with it and leaves `state[-1]` (the backbone's moments and step count) as it is. The backbone's
+    learning rate is the head's schedule times the multiplier, in step with it: its step count starts with its
+    training, so its schedule is shifted by the frozen steps."""
     from ..models import head_mask
 
-    head_tx, schedule = _single_optimizer(cfg, steps_per_epoch, epochs)
-    if finetune.backbone_lr_mult:
-        backbone_cfg = dataclasses.replace(cfg, lr=cfg.lr * finetune.backbone_lr_mult)
-        backbone_tx, _ = _single_optimizer(backbone_cfg, steps_per_epoch, max(1, epochs - finetune.freeze_epochs))
-    else:
-        backbone_tx = optax.set_to_zero()
+    head_schedule = make_schedule(cfg, steps_per_epoch, epochs)
+    offset, mult = finetune.freeze_epochs * steps_per_epoch, float(finetune.backbone_lr_mult)
+    backbone_schedule = lambda count: mult * head_schedule(count + offset)  # noqa: E731
+    head_tx, _ = _single_optimizer(cfg, steps_per_epoch, epochs, head_schedule, clip=False)
+    backbone_tx, _ = _single_optimizer(cfg, steps_per_epoch, epochs, backbone_schedule, clip=False)
+    clip = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
     head_half = optax.masked(head_tx, head_mask)
     backbone_half = optax.masked(backbone_tx, lambda params: head_mask(params, head=False))
-    return optax.chain(head_half, backbone_half), head_half, schedule
+    return optax.chain(*clip, head_half, backbone_half), optax.chain(*clip, head_half), head_schedule
 
 
-def _single_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int
+def _single_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int,
+                      schedule: Callable[[int], float] | None = None, clip: bool = True
                       ) -> tuple[optax.GradientTransformationExtraArgs, Callable[[int], float]]:
     """(optimizer, schedule). With "plateau", the optimizer also scales updates by
     optax.contrib.reduce_on_plateau, fed the training loss averaged over each epoch."""
     choose({o: o for o in OPTIMIZERS}, cfg.optimizer, "optimizer")
-    schedule = make_schedule(cfg, steps_per_epoch, epochs)
+    schedule = schedule or make_schedule(cfg, steps_per_epoch, epochs)
     if cfg.optimizer == "sgd":
         base = optax.sgd(schedule)
     elif cfg.optimizer == "momentum":
@@ -133,7 +142,7 @@ def _single_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int
     else:
         base = optax.rmsprop(schedule)
     parts = []
-    if cfg.clip_norm:
+    if clip and cfg.clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     if cfg.weight_decay and cfg.optimizer != "adamw":
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
@@ -146,10 +155,11 @@ def _single_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int
 
 
 def current_lr(schedule: Callable[[int], float], opt_state, step: int) -> float:
-    """The learning rate in force at `step`, including a reduce-on-plateau scale if there is one."""
+    """The learning rate in force at `step`, including a reduce-on-plateau scale if there is one (the first found:
+    the head's, when a fine-tune's backbone has one too). Found by type: BatchNorm params are called "scale" too."""
     lr = float(schedule(step))
     is_plateau = lambda x: isinstance(x, contrib.ReduceLROnPlateauState)  # noqa: E731
     for node in jax.tree.leaves(opt_state, is_leaf=is_plateau):
         if is_plateau(node):
-            lr *= float(node.scale)  # found by type: BatchNorm params are called "scale" too
+            return lr * float(node.scale)
     return lr

@@ -139,6 +139,9 @@ class RunDir:
         if marker.is_symlink() or (marker.exists() and not marker.is_file()):
             raise RunDirError(f"{marker} is not a file jaxnets wrote (a link or a folder); refusing to touch it")
         recorded = self._marker()
+        if recorded is None and (self.path / "convert.json").is_file() and (self.checkpoints / MODEL_CARD).is_file():
+            raise RunDirError(f"{self.path} holds a checkpoint written by `jaxnets convert`, not a run: train into "
+                              f"another --out with --pretrained {self.path}")
         for name in RUN_FILES:
             path = self.path / name
             if (path.exists() or path.is_symlink()) and not self._is_ours(name, recorded):

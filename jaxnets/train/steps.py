@@ -63,7 +63,8 @@ def make_head_step(model, head_tx, cfg: StepConfig) -> Callable:
     """The frozen phase of a fine-tune: head_step(state, batch) → (state, metric sums) where only the head
     learns. The backbone runs in inference mode (BatchNorm on its running statistics, which stay as they are;
     no dropout), its parameters are returned bit-identical, and XLA drops its backward pass (its gradients are
-    never used). `head_tx` is the head half of `finetune_optimizer`; the backbone half of the state is untouched."""
+    never used). `head_tx` is the head part of `finetune_optimizer`: it updates `state.opt_state[:-1]`; the
+    backbone's half, the last, is untouched."""
     from ..models import head_mask
 
     def head_step(state: TrainState, batch):
@@ -79,11 +80,12 @@ def make_head_step(model, head_tx, cfg: StepConfig) -> Callable:
             return jnp.sum(loss * mask) / count, (loss, preds)
 
         (mean_loss, (loss, preds)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        head_state, backbone_state = state.opt_state
-        updates, head_state = head_tx.update(grads, head_state, state.params, value=mean_loss)
         is_head = head_mask(state.params)
+        grads = jax.tree.map(lambda g, h: g if h else jnp.zeros_like(g), grads, is_head)  # clipping sees the head's
+        head_state, backbone_state = tuple(state.opt_state[:-1]), state.opt_state[-1]
+        updates, head_state = head_tx.update(grads, head_state, state.params, value=mean_loss)
         params = jax.tree.map(lambda p, u, h: p + u if h else p, state.params, updates, is_head)
-        new_state = state.replace(params=params, opt_state=(head_state, backbone_state), step=state.step + 1)
+        new_state = state.replace(params=params, opt_state=(*head_state, backbone_state), step=state.step + 1)
         return new_state, summed(loss, preds, batch["label"], mask)
 
     return runtime.jit(head_step, donate_argnums=0)
