@@ -28,6 +28,7 @@ from .integrity import (  # noqa: F401  (re-exported: the checkpoint API in one 
     verify_step,
     write_checksums,
 )
+from .runtime.sharding import barrier, is_primary
 
 # orbax moves a step it drops here (one atomic rename) and jaxnets empties it: a kill in the middle of
 # deleting a step then leaves a half-deleted folder that is plainly ours, never a half-step among the steps
@@ -110,6 +111,21 @@ def monitor_mode(monitor: str) -> str:
     return "min" if monitor.endswith("loss") else "max"
 
 
+def _here(template):
+    """Shapes without a placement → on this process's first device: a step saved by several processes (another
+    topology) restores for inference on one machine."""
+    import jax
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def place(leaf):
+        if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+        return leaf
+
+    return None if template is None else jax.tree.map(place, template)
+
+
 class Checkpoints:
     """One orbax CheckpointManager keeping the latest step AND the best step by `monitor`."""
 
@@ -132,24 +148,30 @@ class Checkpoints:
             **({} if read_only else {"todelete_subdir": TRASH}),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("model", "train", "meta"))
-        if not read_only:
+        if not read_only and is_primary():
             (self.directory / TRASH).mkdir(exist_ok=True)
             (self.directory / TRASH / TRASH_TOKEN).touch()
 
     def save(self, step: int, state, meta: dict, metrics: dict, extra_files: dict[str, bytes] | None = None) -> None:
-        """Save one step, then the `extra_files` beside its items (the model card), then its checksums."""
-        _write_atomic(self.directory / SAVING, str(step).encode())
+        """Save one step, then the `extra_files` beside its items (the model card), then its checksums. With
+        several processes, every process takes part in orbax's save (each writes its shards, process 0 the rest)
+        and process 0 alone writes jaxnets' own files; the others wait until the step is whole."""
+        primary = is_primary()
+        if primary:
+            _write_atomic(self.directory / SAVING, str(step).encode())
         model = {"params": state.params, "batch_stats": state.batch_stats}
         train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
         self.manager.save(step, args=ocp.args.Composite(
             model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(train), meta=ocp.args.JsonSave(meta),
         ), metrics=metrics)
         self.manager.wait_until_finished()
-        for name, data in (extra_files or {}).items():
-            _write_atomic(self.step_dir(step) / name, data)
-        write_checksums(self.step_dir(step))
-        (self.directory / SAVING).unlink()
-        self.empty_trash()
+        if primary:
+            for name, data in (extra_files or {}).items():
+                _write_atomic(self.step_dir(step) / name, data)
+            write_checksums(self.step_dir(step))
+            (self.directory / SAVING).unlink()
+            self.empty_trash()
+        barrier(f"jaxnets-saved-{step}")
 
     def empty_trash(self) -> None:
         """Delete the steps orbax dropped (moved into TRASH), keeping the token that marks the folder ours."""
@@ -199,7 +221,7 @@ class Checkpoints:
         """(params/batch_stats, step) for inference; nothing of the optimizer is read."""
         step = self.resolve(which)
         verify_step(self.step_dir(step))
-        got = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(template)))
+        got = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_here(template))))
         return got.model, step
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ import sys
 
 from .options import positive_int, which
 
-EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USAGE, EXIT_DIVERGED, EXIT_PEER_LOST, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +33,11 @@ def _add_train(sub) -> None:
                                    f"With --pretrained, the options not given default to the fine-tuning recipe: "
                                    f"{recipe}, --freeze-epochs 1, --backbone-lr-mult 0.1.")
     add_config_arguments(p, TrainConfig)
+    group = p.add_argument_group("several processes (jax.distributed; without these, JAX's own cluster detection: "
+                                 "Slurm, Open MPI, Cloud TPU, JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address, the same for all")
+    group.add_argument("--num-processes", type=positive_int, default=None, help="how many processes train together")
+    group.add_argument("--process-id", type=int, default=None, help="this process's number, 0 … N-1")
     p.set_defaults(func=_train)
 
 
@@ -102,12 +107,14 @@ def _resume_command(argv: list[str]) -> str:
 
 
 def _train(args) -> int:
-    from .runtime.sharding import maybe_initialize_distributed
+    from .runtime.sharding import initialize_distributed
     from .train import NonFiniteLossError, TrainingInterrupted, fit
 
     cfg, announce = _train_config(args)
     cfg.validate()
-    maybe_initialize_distributed()  # multi-host only when JAX_COORDINATOR_ADDRESS / JAXNETS_DISTRIBUTED=1 is set
+    several = initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if several and _process_index():
+        announce = None  # process 0 speaks for the run
     try:
         result = fit(cfg, on_start=announce)
     except NonFiniteLossError as e:
@@ -116,10 +123,35 @@ def _train(args) -> int:
     except TrainingInterrupted as e:
         print(f"{e}. Resume with: {_resume_command(args.argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RuntimeError as e:  # a collective whose peer is gone (a process killed, a host lost)
+        if not several:
+            raise
+        _peer_lost(e)
     test = result.metrics.get("test", {})
     print(f"best epoch {result.best_epoch}; test accuracy {test.get('accuracy', float('nan')):.4f}; "
           f"checkpoint {result.out / 'checkpoints'}")
     return 0
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def _peer_lost(error: BaseException) -> None:
+    """One line, then exit at once: JAX's shutdown would wait for the lost process at a barrier and then abort
+    with pages of coordination-service log. The checkpoints are whole (each step is saved before the next)."""
+    import os
+    import re
+
+    import jax
+
+    reason = re.sub(r"(Error dispatching computation: )+", "", _one_line(error))[:300]
+    print(f"error: process {jax.process_index()} of {jax.process_count()} lost the others of this run ({reason}); "
+          "its checkpoints are kept: restart every process with --resume", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_PEER_LOST)
 
 
 def _add_evaluate(sub) -> None:

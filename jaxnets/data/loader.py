@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..runtime.sharding import batch_sharding, data_mesh, replicated
+from ..runtime.sharding import batch_sharding, data_mesh, local_rows, multi_process, replicated
 from .dataset import Dataset
 from .preprocess import ImageError, PreprocessSpec
 
@@ -135,12 +135,14 @@ class Loader:
         if self.batch_size % n_dev:
             raise ValueError(f"batch size {self.batch_size} must be a multiple of the {n_dev} devices")
         self.sharding = batch_sharding(self.mesh)
+        # several processes: each decodes only the rows of each global batch its devices hold (streamed)
+        self.rows = local_rows(self.sharding, self.batch_size) if multi_process() else slice(None)
         available = available_memory()
         check_batch_fits(self.spec, self.batch_size, available)
         # decided from the sizes alone, before any decoding: the cache would be n × H × W × C bytes, held on the
         # host while decoding and again on the device, so it must also fit in half of the free memory
         budget = self.memory_budget if available is None else min(self.memory_budget, available // 2)
-        self.streaming = self.cache_bytes > budget
+        self.streaming = self.cache_bytes > budget or multi_process()
         if not self.streaming:
             images, labels = decode_all(self.dataset, self.spec, self.progress)
             if len(labels) == 0:
@@ -173,7 +175,7 @@ class Loader:
             for idx, m in zip(index, mask, strict=True):
                 yield self._gather(self._images, self._labels, idx, m)
             return
-        yield from _prefetched(self._stream(index, mask), self.prefetch)
+        yield from _prefetched(self._stream(index[:, self.rows], mask[:, self.rows]), self.prefetch)
 
     def _stream(self, index: np.ndarray, mask: np.ndarray) -> Iterator[Batch]:
         def decode(i: int, m: bool) -> tuple[np.ndarray, bool]:
@@ -193,7 +195,14 @@ class Loader:
                     "label": self.dataset.labels[idx],
                     "mask": np.asarray([r[1] for r in rows]),
                 }
-                yield jax.device_put(batch, self.sharding)
+                yield self._place(batch)
+
+    def _place(self, batch: dict[str, np.ndarray]) -> Batch:
+        """Host rows → the global batch on the mesh (this process's share of it, with several processes)."""
+        if not multi_process():
+            return jax.device_put(batch, self.sharding)
+        return {k: jax.make_array_from_process_local_data(self.sharding, v, (self.batch_size, *v.shape[1:]))
+                for k, v in batch.items()}
 
 
 def _gather(images, labels, idx, mask) -> Batch:

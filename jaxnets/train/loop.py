@@ -33,11 +33,12 @@ from ..data.dataset import Splits
 from ..data.loader import Loader
 from ..data.record import split_record
 from ..data.sources import load_dataset
-from ..inference.card import ModelCard, card_bytes, write_card
+from ..inference.card import ModelCard, card_bytes
+from ..inference.card import write_card as _write_card_file
 from ..inference.metrics import format_report, means, per_class_report
 from ..inference.scoring import add_sums, score
 from ..report import curves_png, history_csv
-from ..runtime.sharding import replicated
+from ..runtime.sharding import is_primary, replicated
 from .config import TrainConfig
 from .optim import FineTune, current_lr, finetune_optimizer, make_optimizer
 from .resume import resume_state
@@ -178,6 +179,12 @@ def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
                      head_step, finetune)
 
 
+def write_card(directory: Path, card: ModelCard) -> None:
+    """The run's model card, written by process 0 alone (every process holds the same card)."""
+    if is_primary():
+        _write_card_file(directory, card)
+
+
 def _will_resume(cfg: TrainConfig) -> bool:
     """A resumed run restores its own weights: the pretrained ones are not read again (nor downloaded)."""
     ckpt = Path(cfg.out) / "checkpoints"
@@ -190,7 +197,7 @@ def _start_from_pretrained(cfg: TrainConfig, state: TrainState, channels: int, m
 
     fresh = jax.device_get(state.variables)
     variables, lines = pretrained_variables(cfg.pretrained, cfg.model, fresh, channels)
-    if not cfg.quiet:  # shown in logs too (not only on a terminal): what was imported, what starts fresh
+    if not cfg.quiet and is_primary():  # shown in logs too (not only on a terminal): what was imported, what is new
         for line in lines:
             print(f"pretrained {line}", file=sys.stderr)
     loaded = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
@@ -276,7 +283,7 @@ def _epoch_row(prep: _Prepared, state: TrainState, epoch: int, train: dict, seco
 
 
 def _print_epoch(cfg: TrainConfig, row: dict[str, float]) -> None:
-    if cfg.quiet:
+    if cfg.quiet or not is_primary():
         return
     val = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if row["val_loss"] is not None else ""
     print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
@@ -297,7 +304,7 @@ def _final_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, checkpoints: C
             "confusion_matrix": test["confusion"].astype(int).tolist(),
             "per_class": per_class_report(test["confusion"], classes),
         }
-        if not cfg.quiet:
+        if not cfg.quiet and is_primary():
             print(format_report(metrics["test"], classes), file=sys.stderr)
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in prep.splits.skipped]
     run.write("metrics.json", json.dumps(metrics, indent=2))
@@ -366,7 +373,7 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], N
     cfg.validate()
     run = RunDir(cfg.out)
     run.check(cfg.resume, cfg.overwrite)
-    quiet = cfg.quiet or not sys.stderr.isatty()
+    quiet = cfg.quiet or not sys.stderr.isatty() or not is_primary()  # one progress bar, process 0's
     prep = _prepare(cfg, splits, quiet)
     state, history, start_epoch = resume_state(cfg, run, prep.state, prep.card, prep.splits,
                                                prep.train_loader.steps_per_epoch)

@@ -19,6 +19,7 @@ from ..checkpoint import Checkpoints, discard_pending_step
 from ..data.dataset import Splits
 from ..data.record import data_root, fingerprint, read_record
 from ..inference.card import ModelCard, check_card_matches_step, contract, read_card
+from ..runtime.sharding import barrier, is_primary
 from .config import TrainConfig
 from .optim import make_optimizer
 from .rundir import RunDir
@@ -98,7 +99,9 @@ def resume_state(cfg: TrainConfig, run: RunDir, state: TrainState, card: ModelCa
     _check_same_split(run, saved_config, cfg, splits)
     _check_optimizer_fits(run, saved_config, cfg, state, steps_per_epoch)
     run.claim()  # ours (checked), nothing rewritten
-    discard_pending_step(run.checkpoints)  # a step a kill left without checksums is never trusted
+    if is_primary():
+        discard_pending_step(run.checkpoints)  # a step a kill left without checksums is never trusted
+    barrier("jaxnets-resume")
     checkpoints = Checkpoints(run.checkpoints, card.monitor, read_only=True)
     try:
         latest = checkpoints.latest_step()

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from ..checkpoint import CHECKSUMS, MODEL_CARD, TRASH, TRASH_TOKEN, CheckpointError, pending_step, verify_step
+from ..runtime.sharding import barrier, is_primary
 
 MARKER = ".jaxnets-run.json"
 RUN_FILES = ("config.json", "split.json", "history.json", "history.csv", "curves.png", "metrics.json")
@@ -157,7 +158,13 @@ class RunDir:
     # ------------------------------------------------------------------------------------------ writing
 
     def claim(self, overwrite: bool = False) -> None:
-        """Make the folder ours (after `check`). With overwrite, delete the previous run's files, and only them."""
+        """Make the folder ours (after `check`). With overwrite, delete the previous run's files, and only them.
+        With several processes, process 0 does it and the others wait for it."""
+        if is_primary():
+            self._claim(overwrite)
+        barrier("jaxnets-claim")
+
+    def _claim(self, overwrite: bool) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -195,9 +202,12 @@ class RunDir:
         tmp.replace(self.path / MARKER)
 
     def write(self, name: str, data: bytes | str) -> None:
-        """Write one run file atomically and record its checksum: proof, later, that jaxnets wrote it."""
+        """Write one run file atomically and record its checksum: proof, later, that jaxnets wrote it. Process 0
+        alone writes (every process holds the same values)."""
         if name not in RUN_FILES:
             raise ValueError(f"{name} is not a run file")
+        if not is_primary():
+            return
         recorded = self._marker()
         if recorded is None:
             raise RunDirError(f"{self.path} was not claimed by this run")
