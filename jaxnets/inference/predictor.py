@@ -125,6 +125,27 @@ class Predictor:
             out[start:start + rows] = np.asarray(self._probabilities(self.variables, chunk))[:rows]
         return out
 
+    def explain_pixels(self, pixels: np.ndarray, classes: Sequence[int] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N,H,W,C] → (maps float32 [N,H,W] in [0, 1], class index each map explains): Grad-CAM for the
+        CNNs, gradient saliency for the MLPs (inference/explain.py), for the predicted class unless `classes`
+        names one per image. Padded to the same buckets as predictions: no recompiles."""
+        from .explain import explain_pixels
+
+        n = len(pixels)
+        maps = np.empty((n, self.spec.height, self.spec.width), np.float32)
+        chosen = np.empty(n, np.int64)
+        for start, bucket in self._chunks(n):
+            chunk = pixels[start:start + bucket]
+            rows = len(chunk)
+            pad = bucket - rows
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
+            wanted = None if classes is None else np.pad(np.asarray(classes[start:start + rows]), (0, pad))
+            m, c = explain_pixels(self.model, self.variables, self.spec, self.binary, chunk, wanted)
+            maps[start:start + rows], chosen[start:start + rows] = m[:rows], c[:rows]
+        return maps, chosen
+
     def describe(self, probs: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
         return describe(probs, self.classes, top_k)
 

@@ -145,7 +145,8 @@ def create_model(name: str, num_classes: int, **options: Any) -> nn.Module:
 def init_variables(model, input_shape: tuple[int, ...], seed: int) -> dict:
     """Initialise a model for inputs of `input_shape` (H, W, C) with a key made from `seed`."""
     key = jax.random.PRNGKey(seed)
-    return model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}  # not Grad-CAM's hooks
 
 
 def head_name(params: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import adaptive_avg_pool, flatten, max_pool
+from .layers import adaptive_avg_pool, explain_point, flatten, max_pool
 
 
 class AlexNet(nn.Module):
@@ -21,7 +21,7 @@ class AlexNet(nn.Module):
         x = max_pool(nn.relu(conv(192, 5, 1, 2)(x)), 3, 2)
         x = nn.relu(conv(384, 3, 1, 1)(x))
         x = nn.relu(conv(256, 3, 1, 1)(x))
-        x = max_pool(nn.relu(conv(256, 3, 1, 1)(x)), 3, 2)
+        x = max_pool(explain_point(self, nn.relu(conv(256, 3, 1, 1)(x))), 3, 2)
         x = flatten(adaptive_avg_pool(x, (6, 6)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))

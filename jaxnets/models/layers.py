@@ -126,5 +126,19 @@ def avg_pool2(x: Array) -> Array:
     return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
+CAM_LAYER = "cam_features"  # the last convolutional stage's output, where Grad-CAM looks
+
+
+def explain_point(module: nn.Module, x: Array) -> Array:
+    """Mark `x` as the model's last convolutional feature map for Grad-CAM: its value is sown into the
+    "intermediates" collection and a zero perturbation is added so that its gradient can be taken. Both are
+    no-ops unless those collections are asked for, so training and inference pay nothing; `init` creates no
+    perturbation (its batch size would then bind every later `apply`)."""
+    if module.is_initializing():
+        return x
+    module.sow("intermediates", CAM_LAYER, x)
+    return module.perturb(CAM_LAYER, x)
+
+
 def flatten(x: Array) -> Array:
     return x.reshape(x.shape[0], -1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import ACTIVATIONS, avg_pool2, choose, flatten
+from .layers import ACTIVATIONS, avg_pool2, choose, explain_point, flatten
 
 
 class LeNet5(nn.Module):
@@ -24,7 +24,7 @@ class LeNet5(nn.Module):
         act = choose(ACTIVATIONS, self.activation, "activation")
         x = x.astype(self.dtype)
         x = avg_pool2(act(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype)(x)))
-        x = avg_pool2(act(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x)))
+        x = avg_pool2(explain_point(self, act(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x))))
         x = flatten(x)
         x = act(nn.Dense(120, dtype=self.dtype)(x))
         x = act(nn.Dense(84, dtype=self.dtype)(x))

@@ -8,7 +8,7 @@ from functools import partial
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import BatchNorm, conv_kaiming_fan_out, max_pool
+from .layers import BatchNorm, conv_kaiming_fan_out, explain_point, max_pool
 
 
 class _Block(nn.Module):
@@ -75,5 +75,5 @@ class ResNet(nn.Module):
             for i in range(blocks):
                 strides = 2 if stage > 0 and i == 0 else 1
                 x = block(64 * 2**stage, strides, name=f"layer{stage + 1}_{i}")(x, train)
-        x = x.mean(axis=(1, 2))
+        x = explain_point(self, x).mean(axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)

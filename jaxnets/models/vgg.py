@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import BatchNorm, adaptive_avg_pool, conv_kaiming_fan_out, flatten, max_pool
+from .layers import BatchNorm, adaptive_avg_pool, conv_kaiming_fan_out, explain_point, flatten, max_pool
 
 # "M" is a 2×2/2 max pool, a number is a 3×3 conv with that many filters (torchvision's cfgs A, B, D, E).
 VGG_CONFIGS: dict[int, tuple] = {
@@ -28,7 +28,8 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
-        for v in self.config:
+        last_conv = max(i for i, v in enumerate(self.config) if v != "M")
+        for i, v in enumerate(self.config):
             if v == "M":
                 x = max_pool(x, 2, 2)
                 continue
@@ -36,6 +37,8 @@ class VGG(nn.Module):
             if self.batch_norm:
                 x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
             x = nn.relu(x)
+            if i == last_conv:
+                x = explain_point(self, x)
         x = flatten(adaptive_avg_pool(x, (7, 7)))
         dense = lambda n: nn.Dense(n, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype)  # noqa: E731
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(dense(4096)(x)))

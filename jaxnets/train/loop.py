@@ -38,6 +38,7 @@ from ..inference.card import write_card as _write_card_file
 from ..inference.metrics import format_report, means, per_class_report
 from ..inference.scoring import add_sums, score
 from ..report import curves_png, history_csv
+from ..report.board import Board
 from ..runtime.sharding import is_primary, replicated
 from .config import TrainConfig
 from .optim import FineTune, current_lr, finetune_optimizer, make_optimizer
@@ -324,6 +325,7 @@ class _Loop:
     quiet: bool
     stop: threading.Event
     progress: list
+    board: Board | None = None  # TensorBoard events (process 0, unless --no-tensorboard)
 
 
 def _run_epochs(loop: _Loop, state: TrainState, history: list[dict[str, float]], start_epoch: int,
@@ -342,6 +344,8 @@ def _run_epochs(loop: _Loop, state: TrainState, history: list[dict[str, float]],
                               {cfg.monitor: row[cfg.monitor]}, extra_files={MODEL_CARD: card})
         write_card(loop.run.checkpoints, prep.card.replace(best=_best_record(loop.checkpoints, history, cfg.monitor)))
         _write_history(loop.run, history)
+        if loop.board is not None:
+            loop.board.epoch(row)
         _print_epoch(cfg, row)
         if loop.stop.is_set():  # Ctrl-C during validation or saving: the epoch is complete and saved
             loop.progress[:] = [epoch + 1, prep.train_loader.steps_per_epoch]
@@ -387,14 +391,20 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], N
         best.update(h[cfg.monitor], h["epoch"])
     write_card(run.checkpoints, prep.card.replace(best=_best_record(checkpoints, history, cfg.monitor)))
     progress: list = []
+    board = Board(run.path, resume=start_epoch > 0) if cfg.tensorboard and is_primary() else None
     try:
         with _stop_on_ctrl_c() as stop:
-            state = _run_epochs(_Loop(cfg, run, prep, checkpoints, quiet, stop, progress), state, history,
+            state = _run_epochs(_Loop(cfg, run, prep, checkpoints, quiet, stop, progress, board), state, history,
                                 start_epoch, best)
             metrics = _final_report(cfg, run, prep, checkpoints, state, history)
             best_epoch = checkpoints.best_step()
+            if board is not None and "test" in metrics:
+                board.confusion(np.asarray(metrics["test"]["confusion_matrix"]), metrics["classes"],
+                                history[-1]["epoch"] if history else 0)
     except KeyboardInterrupt:
         raise _interrupted(progress, checkpoints) from None
     finally:
         checkpoints.close()
+        if board is not None:
+            board.close()
     return FitResult(run.path, history, metrics, best_epoch)

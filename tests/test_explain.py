@@ -1,0 +1,72 @@
+"""Explanations (inference/explain.py): Grad-CAM maps for the CNNs and gradient saliency for the MLPs, at the
+model's input size, in [0, 1], for the predicted class or a chosen one, through the Predictor's buckets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxnets.data.preprocess import PreprocessSpec
+from jaxnets.inference.explain import explain_pixels, has_cam_layer
+from jaxnets.models import create_model, init_variables
+
+
+def _pixels(n: int, spec: PreprocessSpec, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *spec.shape), dtype=np.uint8)
+
+
+def test_logistic_regressions_map_is_its_weight_image_for_the_class():
+    spec = PreprocessSpec(8, 8, 1, normalize="half")
+    model = create_model("logistic_regression", 3)
+    variables = init_variables(model, spec.shape, 0)
+    for cls in range(3):
+        maps, chosen = explain_pixels(model, variables, spec, False, _pixels(2, spec), np.array([cls, cls]))
+        weights = np.abs(np.asarray(variables["params"]["Dense_0"]["kernel"][:, cls])).reshape(8, 8)
+        expected = (weights - weights.min()) / (weights.max() - weights.min())
+        assert list(chosen) == [cls, cls]
+        np.testing.assert_allclose(maps, np.stack([expected, expected]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, spec, cam", [
+    ("lenet5", PreprocessSpec(32, 32, 1, normalize="half"), True),
+    ("alexnet", PreprocessSpec(64, 64, 3, normalize="imagenet"), True),
+    ("vgg11_bn", PreprocessSpec(32, 32, 3, normalize="imagenet"), True),
+    ("resnet18", PreprocessSpec(32, 32, 3, normalize="imagenet"), True),
+    ("mlp", PreprocessSpec(16, 16, 3, normalize="half"), False),
+])
+def test_every_family_gets_a_map_at_its_input_size_for_the_predicted_class(name, spec, cam):
+    model = create_model(name, 4)
+    variables = init_variables(model, spec.shape, 1)
+    assert has_cam_layer(model, variables, spec.shape) is cam
+    pixels = _pixels(3, spec)
+    maps, chosen = explain_pixels(model, variables, spec, False, pixels)
+    logits = np.asarray(model.apply(variables, (pixels / np.float32(255) - np.asarray(spec.mean_std()[0]))
+                                    / np.asarray(spec.mean_std()[1])))
+    assert maps.shape == (3, spec.height, spec.width) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 and np.isfinite(maps).all()
+    assert list(chosen) == list(logits.argmax(1))
+
+
+def test_the_predictor_explains_through_its_buckets_for_the_predicted_or_a_chosen_class(tmp_path):
+    from jaxnets import Predictor
+    from jaxnets.train import TrainConfig, fit
+
+    fit(TrainConfig(model="lenet5", data="digits", epochs=1, out=str(tmp_path / "run"), quiet=True))
+    predictor = Predictor.from_checkpoint(tmp_path / "run")
+    pixels = _pixels(3, predictor.spec)  # padded to the bucket of 8
+    maps, chosen = predictor.explain_pixels(pixels)
+    direct, _ = explain_pixels(predictor.model, predictor.variables, predictor.spec, False, pixels)
+    np.testing.assert_allclose(maps, direct, atol=1e-5)
+    assert list(chosen) == list(predictor.predict_pixels(pixels).argmax(1))
+    other, forced = predictor.explain_pixels(pixels, classes=[7, 7, 7])
+    assert list(forced) == [7, 7, 7] and not np.allclose(other, maps)
+
+
+def test_pixels_of_the_wrong_kind_are_refused():
+    spec = PreprocessSpec(8, 8, 1)
+    model = create_model("logistic_regression", 2)
+    variables = init_variables(model, spec.shape, 0)
+    with pytest.raises(ValueError, match="uint8"):
+        explain_pixels(model, variables, spec, False, np.zeros((1, 8, 8, 1), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        explain_pixels(model, variables, spec, False, np.zeros((1, 9, 8, 1), np.uint8))
