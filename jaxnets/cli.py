@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import sys
 
@@ -107,20 +108,25 @@ def _resume_command(argv: list[str]) -> str:
 
 
 def _train(args) -> int:
-    from .runtime.sharding import initialize_distributed
+    from .runtime.sharding import check_same_everywhere, initialize_distributed
     from .train import NonFiniteLossError, TrainingInterrupted, fit
 
     cfg, announce = _train_config(args)
     cfg.validate()
     several = initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    if several and _process_index():
-        announce = None  # process 0 speaks for the run
+    if several:
+        check_same_everywhere("their options", {k: v for k, v in cfg.to_dict().items() if k != "quiet"})
+        if _process_index():
+            announce = None  # process 0 speaks for the run
     try:
         result = fit(cfg, on_start=announce)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except TrainingInterrupted as e:
+        if several:  # the others wait in a collective for this one: leaving at once tells them (exit 4 there)
+            print(f"{e}. Resume by starting every process again with --resume", file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)
         print(f"{e}. Resume with: {_resume_command(args.argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RuntimeError as e:  # a collective whose peer is gone (a process killed, a host lost)
@@ -142,7 +148,6 @@ def _process_index() -> int:
 def _peer_lost(error: BaseException) -> None:
     """One line, then exit at once: JAX's shutdown would wait for the lost process at a barrier and then abort
     with pages of coordination-service log. The checkpoints are whole (each step is saved before the next)."""
-    import os
     import re
 
     import jax

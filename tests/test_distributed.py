@@ -100,3 +100,34 @@ def test_distributed_mistakes_are_one_line(tmp_path, args, says):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and says in lines[0], done.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("differ, says", [("--seed", "seed"), ("--out", "out"), ("--batch-size", "batch_size")])
+def test_processes_started_with_different_options_are_refused_on_every_process(tmp_path, differ, says):
+    port = _free_port()
+    values = {"--seed": ["1", "2"], "--out": [str(tmp_path / "a"), str(tmp_path / "b")], "--batch-size": ["64", "32"]}
+    procs = []
+    for i in range(2):
+        args = [*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run"), differ, values[differ][i]]
+        procs.append(subprocess.Popen([sys.executable, "-m", "jaxnets", *args, "--coordinator", f"127.0.0.1:{port}",
+                                       "--num-processes", "2", "--process-id", str(i)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for code, err in _finish(procs, timeout=120):
+        line = [x for x in err.splitlines() if x.startswith("error:")]
+        assert code == 2 and len(line) == 1 and "differ in their options" in line[0] and says in line[0], err[-1500:]
+    assert not any((tmp_path / name).exists() for name in ("run", "a", "b"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_process_stops_both(tmp_path):
+    run = tmp_path / "run"
+    procs = _start(run, *TRAIN, "--epochs", "200")
+    deadline = time.time() + 240
+    while not any(p.name.isdecimal() for p in (run / "checkpoints").glob("*")) and time.time() < deadline:
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGINT)
+    sent = time.time()
+    codes = [p.wait(timeout=120) for p in procs]
+    errors = [p.communicate()[1] for p in procs]
+    assert time.time() - sent < 60 and codes == [4, 130], (codes, [e[-800:] for e in errors])
+    assert "every process again with --resume" in errors[1]

@@ -38,6 +38,37 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def gather_json(value) -> list:
+    """`value` (anything JSON) of every process, in process order; with one process, [value]."""
+    import json
+
+    if not multi_process():
+        return [value]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value, sort_keys=True, default=str).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, sizes, strict=True)]
+
+
+def check_same_everywhere(what: str, value) -> None:
+    """Every process must have been started with the same `value` (the run's options, its data): one that
+    differs would deadlock in a collective or crash inside gloo, so it is refused on every process at once."""
+    values = gather_json(value)
+    differ = [i for i, v in enumerate(values) if v != values[0]]
+    if differ:
+        first = values[differ[0]]
+        keys = sorted(k for k in set(values[0]) | set(first) if values[0].get(k) != first.get(k)) if isinstance(
+            first, dict) and isinstance(values[0], dict) else []
+        detail = "; ".join(f"{k}: {values[0].get(k)!r} on process 0, {first.get(k)!r} on process {differ[0]}"
+                           for k in keys[:4])
+        raise ValueError(f"the processes of this run differ in {what}{f' ({detail})' if detail else ''}: start "
+                         "every process with the same command, only --process-id changing")
+
+
 def local_rows(sharding: NamedSharding, batch_size: int) -> slice:
     """The rows of a global batch whose shards live on this process's devices (contiguous along the mesh)."""
     starts, stops = [], []

@@ -31,7 +31,7 @@ from ..checkpoint import MODEL_CARD, Checkpoints
 from ..data.augment import get_augment
 from ..data.dataset import Splits
 from ..data.loader import Loader
-from ..data.record import split_record
+from ..data.record import data_root, fingerprint, split_record
 from ..data.sources import load_dataset
 from ..inference.card import ModelCard, card_bytes
 from ..inference.card import write_card as _write_card_file
@@ -39,7 +39,7 @@ from ..inference.metrics import format_report, means, per_class_report
 from ..inference.scoring import add_sums, score
 from ..report import curves_png, history_csv
 from ..report.board import Board
-from ..runtime.sharding import is_primary, replicated
+from ..runtime.sharding import check_same_everywhere, gather_json, is_primary, multi_process, replicated
 from .config import TrainConfig
 from .optim import FineTune, current_lr, finetune_optimizer, make_optimizer
 from .resume import resume_state
@@ -307,7 +307,10 @@ def _final_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, checkpoints: C
         }
         if not cfg.quiet and is_primary():
             print(format_report(metrics["test"], classes), file=sys.stderr)
-    metrics["skipped"] = [{"path": p, "reason": r} for p, r in prep.splits.skipped]
+    skipped = [{"path": p, "reason": r} for p, r in prep.splits.skipped]
+    # with several processes each one decodes its own rows: the files any of them skipped
+    metrics["skipped"] = [dict(t) for t in dict.fromkeys(tuple(sorted(x.items())) for part in gather_json(skipped)
+                                                          for x in part)]
     run.write("metrics.json", json.dumps(metrics, indent=2))
     test_card = {k: metrics["test"][k] for k in ("accuracy", "loss")} if "test" in metrics else None
     write_card(run.checkpoints, prep.card.replace(best=metrics["best"], test=test_card))
@@ -379,6 +382,10 @@ def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], N
     run.check(cfg.resume, cfg.overwrite)
     quiet = cfg.quiet or not sys.stderr.isatty() or not is_primary()  # one progress bar, process 0's
     prep = _prepare(cfg, splits, quiet)
+    if multi_process():  # the same examples everywhere, or the processes would train on different data
+        root = data_root(cfg.data)
+        check_same_everywhere("their data", {"classes": list(prep.splits.classes), **{
+            name: fingerprint(getattr(prep.splits, name), root) for name in ("train", "val", "test")}})
     state, history, start_epoch = resume_state(cfg, run, prep.state, prep.card, prep.splits,
                                                prep.train_loader.steps_per_epoch)
     run.claim(cfg.overwrite)
