@@ -188,6 +188,11 @@ def _add_predict(sub) -> None:
     p.add_argument("--which", default="best", type=which, help="best, latest, or an epoch number")
     p.add_argument("--top-k", type=positive_int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON line per image")
+    p.add_argument("--explain", default=None, metavar="OUT_DIR",
+                   help="also write where the model looks: <stem>_cam.png (over the image) and <stem>_cam.npy (the "
+                        "map at the model's input size): Grad-CAM for CNNs, gradient saliency for MLPs")
+    p.add_argument("--class", dest="explain_class", default=None, metavar="NAME",
+                   help="with --explain: explain this class instead of the predicted one")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_predict)
 
@@ -197,6 +202,11 @@ def _predict(args) -> int:
     from .inference.predictor import NonFiniteOutputError, Predictor
 
     predictor = Predictor.from_checkpoint(args.checkpoint, args.which)
+    if args.explain_class is not None and args.explain_class not in predictor.classes:
+        raise ValueError(f"--class {args.explain_class!r} is not one of the model's classes: "
+                         f"{', '.join(predictor.classes)}")
+    if args.explain_class is not None and args.explain is None:
+        raise ValueError("--class chooses what --explain explains: pass --explain OUT_DIR too")
     status = 0
     width = max(len(p) for p in args.images)
     for path in args.images:
@@ -209,12 +219,40 @@ def _predict(args) -> int:
             status = 1
             print(json.dumps({"image": path, "error": str(e)}) if args.json else f"{path:<{width}}  error: {e}")
             continue
+        if args.explain is not None:
+            result["explanation"] = _explain_one(predictor, path, args.explain, args.explain_class)
         if args.json:
             print(json.dumps({"image": path, **result}))
         else:
             top = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top_k"])
             print(f"{path:<{width}}  {result['label']:<10}  {top}")
     return status
+
+
+def _explain_one(predictor, path: str, out_dir: str, class_name: str | None) -> str:
+    """Write <stem>_cam.png and <stem>_cam.npy for one image into out_dir (never over an existing file)."""
+    import io
+    from pathlib import Path
+
+    import numpy as np
+
+    from .report.overlay import overlay_png
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(path).stem
+    png, npy = out / f"{stem}_cam.png", out / f"{stem}_cam.npy"
+    for target in (png, npy):
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(f"{target} exists: jaxnets does not overwrite it; choose another --explain folder")
+    pixels = predictor.pixels([path])
+    classes = None if class_name is None else [predictor.classes.index(class_name)]
+    maps, _ = predictor.explain_pixels(pixels, classes)
+    buffer = io.BytesIO()
+    np.save(buffer, maps[0])
+    npy.write_bytes(buffer.getvalue())
+    png.write_bytes(overlay_png(pixels[0], maps[0]))
+    return str(png)
 
 
 def main(argv: list[str] | None = None) -> int:

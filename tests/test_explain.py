@@ -47,12 +47,19 @@ def test_every_family_gets_a_map_at_its_input_size_for_the_predicted_class(name,
     assert list(chosen) == list(logits.argmax(1))
 
 
-def test_the_predictor_explains_through_its_buckets_for_the_predicted_or_a_chosen_class(tmp_path):
-    from jaxnets import Predictor
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
     from jaxnets.train import TrainConfig, fit
 
-    fit(TrainConfig(model="lenet5", data="digits", epochs=1, out=str(tmp_path / "run"), quiet=True))
-    predictor = Predictor.from_checkpoint(tmp_path / "run")
+    out = tmp_path_factory.mktemp("explain") / "run"
+    fit(TrainConfig(model="lenet5", data="digits", epochs=1, out=str(out), quiet=True))
+    return out
+
+
+def test_the_predictor_explains_through_its_buckets_for_the_predicted_or_a_chosen_class(digits_run):
+    from jaxnets import Predictor
+
+    predictor = Predictor.from_checkpoint(digits_run)
     pixels = _pixels(3, predictor.spec)  # padded to the bucket of 8
     maps, chosen = predictor.explain_pixels(pixels)
     direct, _ = explain_pixels(predictor.model, predictor.variables, predictor.spec, False, pixels)
@@ -70,3 +77,35 @@ def test_pixels_of_the_wrong_kind_are_refused():
         explain_pixels(model, variables, spec, False, np.zeros((1, 8, 8, 1), np.float32))
     with pytest.raises(ValueError, match="shape"):
         explain_pixels(model, variables, spec, False, np.zeros((1, 9, 8, 1), np.uint8))
+
+
+def test_predict_explain_writes_the_overlay_and_the_raw_map_and_never_overwrites(digits_run, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from jaxnets import Predictor
+
+    images = []
+    for i, value in enumerate((40, 200)):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(np.full((28, 28), value, np.uint8)).save(path)
+        images.append(str(path))
+    cli = [sys.executable, "-m", "jaxnets", "predict", "--checkpoint", str(digits_run), "--explain",
+           str(tmp_path / "cams")]
+    done = subprocess.run([*cli, "--class", "3", *images], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    predictor = Predictor.from_checkpoint(digits_run)
+    expected, _ = predictor.explain_pixels(predictor.pixels(images), classes=[3, 3])
+    for i in range(2):
+        raw = np.load(tmp_path / "cams" / f"digit{i}_cam.npy")
+        assert raw.shape == (32, 32) and raw.dtype == np.float32
+        np.testing.assert_allclose(raw, expected[i], atol=1e-5)
+        assert Image.open(tmp_path / "cams" / f"digit{i}_cam.png").size == (32, 32)
+    before = (tmp_path / "cams" / "digit0_cam.npy").read_bytes()
+    again = subprocess.run([*cli, images[0]], capture_output=True, text=True)
+    assert again.returncode == 2 and "does not overwrite" in again.stderr
+    assert (tmp_path / "cams" / "digit0_cam.npy").read_bytes() == before
+    wrong = subprocess.run([*cli, "--class", "eleven", images[0]], capture_output=True, text=True)
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "eleven" in wrong.stderr
