@@ -69,7 +69,8 @@ def _step_files(step_dir: Path) -> dict[str, Path]:
     return {rel: p for p in _files(step_dir) if (rel := p.relative_to(step_dir).as_posix()) not in own}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (checkpoints and downloaded weights alike)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -80,7 +81,8 @@ def _sha256(path: Path) -> str:
 def write_checksums(step_dir: str | Path) -> None:
     """Record size and SHA-256 of every file of one saved step, inside the step (it travels with it)."""
     step_dir = Path(step_dir)
-    files = {rel: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for rel, p in sorted(_step_files(step_dir).items())}
+    files = {rel: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for rel, p in sorted(_step_files(step_dir).items())}
     tmp = step_dir / (CHECKSUMS + ".tmp")
     tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1))
     tmp.replace(step_dir / CHECKSUMS)
@@ -115,7 +117,7 @@ def verify_step(step_dir: str | Path, hashes: bool = True) -> None:
         size = found[name].stat().st_size
         if size != want["bytes"]:
             raise CheckpointError(f"{found[name]} is {size:,} bytes, {want['bytes']:,} at saving: truncated or changed")
-        if hashes and _sha256(found[name]) != want["sha256"]:
+        if hashes and sha256_file(found[name]) != want["sha256"]:
             raise CheckpointError(f"{found[name]} is corrupted: its SHA-256 differs from the one recorded at saving")
 
 

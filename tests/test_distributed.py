@@ -24,12 +24,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(out: Path, *args: str, processes: int = 2) -> list[subprocess.Popen]:
+def _start(out: Path, *args: str, processes: int = 2, own: list[list[str]] | None = None
+           ) -> list[subprocess.Popen]:
+    """The processes of one run; `own[i]`: options process i alone gets (after the shared ones: they win)."""
     port = _free_port()
+    own = own or [[] for _ in range(processes)]
     return [subprocess.Popen([sys.executable, "-m", "jaxnets", *args, "--out", str(out), "--coordinator",
-                              f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(i)],
+                              f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(i), *own[i]],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(processes)]
+
+
+def _wait_for_first_checkpoint(run: Path, procs: list[subprocess.Popen]) -> None:
+    """Until the run has saved an epoch (every process still alive), then a moment into the next ones."""
+    deadline = time.time() + 240
+    while not any(p.name.isdecimal() for p in (run / "checkpoints").glob("*")) and time.time() < deadline:
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.5)
+    time.sleep(2)
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
@@ -71,11 +83,7 @@ def test_two_processes_train_like_one_at_the_same_global_batch(tmp_path):
 def test_killing_one_process_stops_the_other_with_a_clear_error_and_the_run_resumes(tmp_path):
     run = tmp_path / "run"
     procs = _start(run, *TRAIN, "--epochs", "200")
-    deadline = time.time() + 240
-    while not any(p.name.isdecimal() for p in (run / "checkpoints").glob("*")) and time.time() < deadline:
-        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        time.sleep(0.5)
-    time.sleep(2)  # well inside the next epochs
+    _wait_for_first_checkpoint(run, procs)
     procs[1].send_signal(signal.SIGKILL)
     killed_at = time.time()
     code, err = procs[0].wait(timeout=120), procs[0].communicate()[1]
@@ -104,14 +112,8 @@ def test_distributed_mistakes_are_one_line(tmp_path, args, says):
 
 @pytest.mark.parametrize("differ, says", [("--seed", "seed"), ("--out", "out"), ("--batch-size", "batch_size")])
 def test_processes_started_with_different_options_are_refused_on_every_process(tmp_path, differ, says):
-    port = _free_port()
     values = {"--seed": ["1", "2"], "--out": [str(tmp_path / "a"), str(tmp_path / "b")], "--batch-size": ["64", "32"]}
-    procs = []
-    for i in range(2):
-        args = [*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run"), differ, values[differ][i]]
-        procs.append(subprocess.Popen([sys.executable, "-m", "jaxnets", *args, "--coordinator", f"127.0.0.1:{port}",
-                                       "--num-processes", "2", "--process-id", str(i)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = _start(tmp_path / "run", *TRAIN, "--epochs", "1", own=[[differ, v] for v in values[differ]])
     for code, err in _finish(procs, timeout=120):
         line = [x for x in err.splitlines() if x.startswith("error:")]
         assert code == 2 and len(line) == 1 and "differ in their options" in line[0] and says in line[0], err[-1500:]
@@ -122,9 +124,7 @@ def test_processes_started_with_different_options_are_refused_on_every_process(t
 def test_ctrl_c_on_one_process_stops_both(tmp_path):
     run = tmp_path / "run"
     procs = _start(run, *TRAIN, "--epochs", "200")
-    deadline = time.time() + 240
-    while not any(p.name.isdecimal() for p in (run / "checkpoints").glob("*")) and time.time() < deadline:
-        time.sleep(0.5)
+    _wait_for_first_checkpoint(run, procs)
     procs[1].send_signal(signal.SIGINT)
     sent = time.time()
     codes = [p.wait(timeout=120) for p in procs]

@@ -71,7 +71,7 @@ def _explain(model, variables, pixels, classes, spec: PreprocessSpec, binary: bo
     else:
         grad = jax.grad(lambda x: _score(model.apply(variables, x), classes, binary))(x)
         maps = jnp.abs(grad).sum(axis=-1)
-    return _normalise(jnp.maximum(maps, 0.0)), classes, jax.nn.softmax(logits) if not binary else jax.nn.sigmoid(logits)
+    return _normalise(jnp.maximum(maps, 0.0)), classes
 
 
 def explain_pixels(model, variables: dict, spec: PreprocessSpec, binary: bool, pixels: np.ndarray,
@@ -83,5 +83,5 @@ def explain_pixels(model, variables: dict, spec: PreprocessSpec, binary: bool, p
                          f"{pixels.dtype} {pixels.shape}")
     cam = has_cam_layer(model, variables, spec.shape)
     chosen = None if classes is None else jnp.asarray(classes, jnp.int32)
-    maps, chosen, _ = _explain(model, variables, jnp.asarray(pixels), chosen, spec, binary, cam)
+    maps, chosen = _explain(model, variables, jnp.asarray(pixels), chosen, spec, binary, cam)
     return np.asarray(maps, np.float32), np.asarray(chosen)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..integrity import sha256_file
+
 TORCHVISION = "https://download.pytorch.org/models/"
 HUGGINGFACE = "https://huggingface.co/"
 MIRROR_ENV = "JAXNETS_WEIGHTS_MIRROR"  # scheme://host[:port] serving the same paths (a company mirror)
@@ -170,7 +172,7 @@ def download(url: str, cache_name: str | None = None, timeout: float = 60.0) -> 
     expected = _expected_hash(url)
     target = cached_path(url, name)
     if target.is_file() and not target.is_symlink():  # verified when downloaded; checked again where it can be
-        if expected and not _sha256(target).startswith(expected):
+        if expected and not sha256_file(target).startswith(expected):
             raise WeightsError(f"{target} (the cached {url}) does not match its published SHA-256 {expected}: "
                                "delete it to download it again")
         return target
@@ -190,14 +192,6 @@ def download(url: str, cache_name: str | None = None, timeout: float = 60.0) -> 
     finally:
         partial.unlink(missing_ok=True)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
