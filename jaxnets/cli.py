@@ -190,7 +190,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.add_argument("--explain", default=None, metavar="OUT_DIR",
                    help="also write where the model looks: <stem>_cam.png (over the image) and <stem>_cam.npy (the "
-                        "map at the model's input size): Grad-CAM for CNNs, gradient saliency for MLPs")
+                        "map at the model's input size): Grad-CAM for CNNs, gradient × input for MLPs")
     p.add_argument("--class", dest="explain_class", default=None, metavar="NAME",
                    help="with --explain: explain this class instead of the predicted one")
     p.add_argument("images", nargs="+", help="image files")

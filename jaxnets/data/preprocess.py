@@ -203,6 +203,16 @@ def normalize(x, spec: PreprocessSpec):
     return (x - mean) / std
 
 
+def check_pixels(pixels, spec: PreprocessSpec) -> np.ndarray:
+    """The pixels as a uint8 (N, H, W, C) array of the spec's shape, or a ValueError that says what was given:
+    the array entry points take decoded pixels, and a shape error from deep inside a trace helps nobody."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != spec.shape:
+        raise ValueError(f"pixels must be uint8 of shape (N, {spec.height}, {spec.width}, {spec.channels}) "
+                         f"(Predictor.pixels makes them from images), got {pixels.dtype} {pixels.shape}")
+    return pixels
+
+
 def standardize(images, spec: PreprocessSpec):
     """uint8 NHWC → normalised float32 model input (to_unit, then normalize). Runs inside the jitted steps;
     training puts its augmentation between the two halves."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import runtime
 from ..checkpoint import Checkpoints
-from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageLike, to_pixels
+from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageLike, check_pixels, to_pixels
 from ..integrity import CHECKSUMS, MODEL_CARD, CheckpointError, find_checkpoint_dir
 from ..models import create_model, init_variables
 from .answers import describe, non_finite_rows
@@ -115,6 +115,7 @@ class Predictor:
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N,H,W,C] → probabilities [N, classes], in fixed-size padded batches."""
+        pixels = check_pixels(pixels, self.spec)
         n = len(pixels)
         out = np.empty((n, len(self.classes)), np.float32)
         for start, bucket in self._chunks(n):
@@ -128,7 +129,7 @@ class Predictor:
     def explain_pixels(self, pixels: np.ndarray, classes: Sequence[int] | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N,H,W,C] → (maps float32 [N,H,W] in [0, 1], class index each map explains): Grad-CAM for the
-        CNNs, gradient saliency for the MLPs (inference/explain.py), for the predicted class unless `classes`
+        CNNs, gradient × input for the MLPs (inference/explain.py), for the predicted class unless `classes`
         names one per image. Padded to the same buckets as predictions: no recompiles."""
         from .explain import explain_pixels
 
