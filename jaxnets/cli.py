@@ -169,6 +169,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--which", default="best", type=which, help="best, latest, or an epoch number")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also write report.html (curves, confusion matrix, per-class scores, most-confused pairs, "
+                        "top losses with Grad-CAM) and its figures into DIR; never over existing files")
     p.set_defaults(func=_evaluate)
 
 
@@ -176,7 +179,7 @@ def _evaluate(args) -> int:
     from .inference.evaluate import evaluate_checkpoint
     from .inference.metrics import format_report
 
-    test = evaluate_checkpoint(args.checkpoint, args.data, args.batch_size, args.which, args.data_dir)
+    test = evaluate_checkpoint(args.checkpoint, args.data, args.batch_size, args.which, args.data_dir, args.report)
     # per_class is keyed in the checkpoint's class order: no need to load the checkpoint a second time
     print(json.dumps(test) if args.json else format_report(test, list(test["per_class"])))
     return 0

@@ -3,6 +3,7 @@ the test split it recorded (split.json); on data it never saw, all of it (or the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from ..data.record import is_training_data, read_record, replay_test_split
 from ..data.sources import load_dataset
 from ..integrity import find_checkpoint_dir
 from .metrics import per_class_report
-from .predictor import restore_model
+from .predictor import Predictor, restore_model
 from .scoring import make_eval_step, score
 
 
@@ -42,13 +43,27 @@ def _whole(data: str, classes: list[str], data_dir: str | None) -> Dataset:
     return Dataset(train.classes, sources, np.concatenate([train.labels, val.labels]), train.skipped, train.name)
 
 
+def _run_file(checkpoint: str | Path, name: str) -> Path | None:
+    """A file of the run a checkpoint belongs to (None for a packaged model, an older run, or a symlink)."""
+    directory = find_checkpoint_dir(checkpoint)
+    path = (directory.parent if directory.name == "checkpoints" else directory) / name
+    return None if path.is_symlink() or not path.is_file() else path
+
+
 def run_record(checkpoint: str | Path) -> dict[str, Any] | None:
     """The split record of the run a checkpoint belongs to (None for a packaged model or an older run)."""
-    directory = find_checkpoint_dir(checkpoint)
-    path = (directory.parent if directory.name == "checkpoints" else directory) / "split.json"
-    if path.is_symlink() or not path.is_file():
+    path = _run_file(checkpoint, "split.json")
+    return None if path is None else read_record(path)
+
+
+def run_history(checkpoint: str | Path) -> list[dict[str, Any]] | None:
+    """The epoch history of the run a checkpoint belongs to, when it has one that reads."""
+    path = _run_file(checkpoint, "history.json")
+    try:
+        history = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
         return None
-    return read_record(path)
+    return history if isinstance(history, list) and all(isinstance(h, dict) for h in history) else None
 
 
 def evaluation_set(data: str, classes: list[str], record: dict[str, Any] | None = None,
@@ -61,11 +76,14 @@ def evaluation_set(data: str, classes: list[str], record: dict[str, Any] | None 
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 64, which: str = "best",
-                        data_dir: str | None = None) -> dict[str, Any]:
-    """The `test` part of metrics.json for this checkpoint on this data."""
-    model, variables, card, _ = restore_model(checkpoint, which)
+                        data_dir: str | None = None, report: str | Path | None = None) -> dict[str, Any]:
+    """The `test` part of metrics.json for this checkpoint on this data; with `report`, also report.html and its
+    figures in that folder (new files only: an existing one is never replaced)."""
+    model, variables, card, step = restore_model(checkpoint, which)
     classes = list(card.classes)
     ds, what = evaluation_set(data, classes, run_record(checkpoint), data_dir)
+    if report is not None:
+        _write_report(Predictor(model, variables, card, step=step), ds, what, data, checkpoint, which, report)
     loader = Loader(ds, card.preprocess, batch_size)
     result = score(make_eval_step(model, card.preprocess, len(classes), card.binary), variables, loader.epoch(0))
     return {
@@ -74,3 +92,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 64,
         "per_class": per_class_report(result["confusion"], classes),
         "images": len(loader), "scored": what, "skipped": [{"path": p, "reason": r} for p, r in ds.skipped],
     }
+
+
+def _write_report(predictor: Predictor, ds: Dataset, what: str, data: str, checkpoint: str | Path, which: str,
+                  out: str | Path) -> None:
+    from ..report import curves_png, write_new_files
+    from ..report.analysis import analyse
+    from ..report.html import ReportContext, build_report
+
+    history = run_history(checkpoint)
+    context = ReportContext(title=f"{predictor.card.model} on {data}", scored=what,
+                            checkpoint=f"{which} checkpoint: epoch {predictor.step}")
+    files = build_report(predictor, analyse(predictor, ds), ds, context, curves_png(history) if history else None)
+    write_new_files(Path(out), files)

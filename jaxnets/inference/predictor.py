@@ -22,7 +22,7 @@ from ..integrity import CHECKSUMS, MODEL_CARD, CheckpointError, find_checkpoint_
 from ..models import create_model, init_variables
 from .answers import describe, non_finite_rows
 from .card import ModelCard, check_card_matches_step, read_card
-from .scoring import forward, probabilities
+from .scoring import forward, log_probabilities, probabilities
 
 DEFAULT_BUCKETS = (1, 8, 32)
 
@@ -81,6 +81,7 @@ class Predictor:
         self.max_pixels = max_pixels
         apply = forward(model, self.spec)
         self._probabilities = runtime.jit(lambda v, images: probabilities(apply(v, images), self.binary))
+        self._log_probabilities = runtime.jit(lambda v, images: log_probabilities(apply(v, images), self.binary))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, which: str | int = "best", **kwargs) -> Predictor:
@@ -115,6 +116,13 @@ class Predictor:
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N,H,W,C] → probabilities [N, classes], in fixed-size padded batches."""
+        return self._in_buckets(self._probabilities, pixels)
+
+    def log_probabilities_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N,H,W,C] → log probabilities [N, classes]: losses that stay finite where a probability is 0."""
+        return self._in_buckets(self._log_probabilities, pixels)
+
+    def _in_buckets(self, function, pixels: np.ndarray) -> np.ndarray:
         pixels = check_pixels(pixels, self.spec)
         n = len(pixels)
         out = np.empty((n, len(self.classes)), np.float32)
@@ -123,7 +131,7 @@ class Predictor:
             rows = len(chunk)
             if rows < bucket:
                 chunk = np.concatenate([chunk, np.zeros((bucket - rows, *chunk.shape[1:]), np.uint8)])
-            out[start:start + rows] = np.asarray(self._probabilities(self.variables, chunk))[:rows]
+            out[start:start + rows] = np.asarray(function(self.variables, chunk))[:rows]
         return out
 
     def explain_pixels(self, pixels: np.ndarray, classes: Sequence[int] | None = None

@@ -35,6 +35,13 @@ def probabilities(logits, binary: bool):
     return jax.nn.softmax(logits, axis=-1)
 
 
+def log_probabilities(logits, binary: bool):
+    """Log class probabilities, exact where a probability underflows to 0 (a loss of inf says nothing)."""
+    if binary:
+        return jnp.stack([jax.nn.log_sigmoid(-logits[:, 0]), jax.nn.log_sigmoid(logits[:, 0])], axis=-1)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
 def make_eval_step(model, spec: PreprocessSpec, num_classes: int, binary: bool) -> Callable:
     """eval_step(variables, batch) → masked metric sums with the confusion matrix; jitted once."""
     apply = forward(model, spec)

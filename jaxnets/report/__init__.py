@@ -1,13 +1,14 @@
 """What a run shows a person: the history as CSV and the loss/accuracy curves as PNG bytes (the run
-directory writes them; nothing here touches files)."""
+directory writes them), and `write_new_files` for reports written outside a run directory."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-__all__ = ["curves_png", "history_csv"]
+__all__ = ["curves_png", "history_csv", "write_new_files"]
 
 
 def history_csv(history: list[dict[str, float]], fields: Sequence[str]) -> str:
@@ -25,6 +26,7 @@ def curves_png(history: list[dict[str, float]]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
@@ -33,6 +35,7 @@ def curves_png(history: list[dict[str, float]]) -> bytes:
         if any(h.get(f"val_{key}") is not None for h in history):
             ax.plot(epochs, [h.get(f"val_{key}") for h in history], "o-", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -41,3 +44,16 @@ def curves_png(history: list[dict[str, float]]) -> bytes:
     fig.savefig(png, format="png")
     plt.close(fig)
     return png.getvalue()
+
+
+def write_new_files(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write each file into `folder` (made if missing) only if none of them exists yet: a report never replaces a
+    file, ours or not. Each is created exclusively, so a file that appears meanwhile is not replaced either."""
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [name for name in files if (folder / name).exists() or (folder / name).is_symlink()]
+    if taken:
+        raise FileExistsError(f"{folder} already has {', '.join(taken)}: jaxnets does not overwrite files; "
+                              "choose another folder")
+    for name, data in files.items():
+        with open(folder / name, "xb") as f:
+            f.write(data)

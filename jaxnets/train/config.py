@@ -80,6 +80,8 @@ class TrainConfig:
     min_delta: float = option(0.0, "smallest change of --monitor that counts as an improvement")
     monitor: str = option("val_accuracy", "metric that picks the best checkpoint", choices=lambda: MONITORS)
     quiet: bool = option(False, "no progress bars or per-epoch lines")
+    report: bool = option(True, "write report.html (curves, confusion matrix, per-class scores, top losses with "
+                                "Grad-CAM) and its figures at the end of the run")
     tensorboard: bool = option(True, "write TensorBoard event files into the run's tensorboard/ folder")
     memory_budget: int = option(DEFAULT_MEMORY_BUDGET, "bytes of decoded images kept in memory; above it, stream")
 

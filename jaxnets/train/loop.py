@@ -2,6 +2,7 @@
 and the final test report. Everything a run writes lands in `config.out`, through `RunDir`:
 
   .jaxnets-run.json  config.json  split.json  history.json  history.csv  curves.png  metrics.json
+  report.html  confusion.png  top_losses.png  tensorboard/
   checkpoints/{<epoch>/, model_card.json}
 
 A start is checked (read-only), prepared (data, model, a resumed state: may fail or be refused) and only
@@ -36,6 +37,7 @@ from ..data.sources import load_dataset
 from ..inference.card import ModelCard, card_bytes
 from ..inference.card import write_card as _write_card_file
 from ..inference.metrics import format_report, means, per_class_report
+from ..inference.predictor import Predictor
 from ..inference.scoring import add_sums, score
 from ..report import curves_png, history_csv
 from ..report.board import Board
@@ -314,7 +316,34 @@ def _final_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, checkpoints: C
     run.write("metrics.json", json.dumps(metrics, indent=2))
     test_card = {k: metrics["test"][k] for k in ("accuracy", "loss")} if "test" in metrics else None
     write_card(run.checkpoints, prep.card.replace(best=metrics["best"], test=test_card))
+    if cfg.report:
+        _write_report(cfg, run, prep, best_state, best_step, history)
     return metrics
+
+
+def _write_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, best: TrainState, best_step: int,
+                  history: list[dict[str, float]]) -> None:
+    """report.html and its figures for the best checkpoint on the test split (the validation split when there is
+    none), through a Predictor over the restored variables: what a user of the checkpoint would see."""
+    from jax.experimental import multihost_utils
+
+    from ..models import create_model
+    from ..report.analysis import analyse
+    from ..report.html import ReportContext, build_report
+
+    splits = prep.splits
+    ds, which = (splits.test, "test") if len(splits.test) else (splits.val, "validation")
+    variables = multihost_utils.process_allgather(best.variables, tiled=True) if multi_process() else best.variables
+    if not len(ds) or not is_primary():
+        return
+    card = prep.card
+    predictor = Predictor(create_model(card.model, card.num_outputs, **card.model_options), variables, card,
+                          step=best_step)
+    analysis = analyse(predictor, ds)
+    context = ReportContext(title=f"{cfg.model} on {cfg.data}",
+                            scored=f"the run's {which} split", checkpoint=f"best checkpoint: epoch {best_step}")
+    for name, data in build_report(predictor, analysis, ds, context, curves_png(history) if history else None).items():
+        run.write(name, data)
 
 
 @dataclass

@@ -24,7 +24,8 @@ from ..checkpoint import CHECKSUMS, MODEL_CARD, TRASH, TRASH_TOKEN, CheckpointEr
 from ..runtime.sharding import barrier, is_primary
 
 MARKER = ".jaxnets-run.json"
-RUN_FILES = ("config.json", "split.json", "history.json", "history.csv", "curves.png", "metrics.json")
+RUN_FILES = ("config.json", "split.json", "history.json", "history.csv", "curves.png", "metrics.json", "report.html",
+             "confusion.png", "top_losses.png")
 CHECKPOINTS = "checkpoints"
 # in checkpoints/: a card write cut short by a kill, the marker of the step being saved (and its write)
 _OURS_IN_CHECKPOINTS = re.compile(r"^(\.model_card\.json\.\d+\.tmp|\.jaxnets-saving|\.\.jaxnets-saving\.\d+\.tmp)$")

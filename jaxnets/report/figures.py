@@ -1,0 +1,82 @@
+"""The report's pictures as PNG bytes: the confusion matrix as a heatmap, images as the model saw them (small
+ones enlarged without smoothing), and the top-losses grid. Nothing here touches files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["confusion_png", "grid_png", "image_png"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure_png(fig) -> bytes:
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    _pyplot().close(fig)
+    return out.getvalue()
+
+
+def image_png(pixels: np.ndarray, at_least: int = 112) -> bytes:
+    """uint8 H×W×C as PNG, enlarged by a whole factor (nearest) until its shorter side is `at_least`: a 28-pixel
+    digit stays sharp and visible."""
+    from PIL import Image
+
+    rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+    factor = max(1, -(-at_least // min(rgb.shape[:2])))
+    if factor > 1:
+        rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def confusion_png(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
+    """Rows true, columns predicted, colour by the share of the true class (so rare classes show), counts
+    written in the cells while they stay legible."""
+    plt = _pyplot()
+    k = len(classes)
+    counts = np.asarray(confusion, np.int64)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(12.0, 2.5 + 0.45 * k)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=80)
+    shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if k <= 40:
+        ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 6 else 0)
+        ax.set_yticks(range(k), [str(c) for c in classes])
+    if k <= 20:
+        for t in range(k):
+            for p in range(k):
+                ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=8,
+                        color="white" if share[t, p] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def grid_png(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 8) -> bytes:
+    """Images (uint8 H×W×C) in a grid, each with its title: the top-losses figure saved beside the report."""
+    plt = _pyplot()
+    n = max(1, len(images))
+    rows = -(-n // columns)
+    cols = min(columns, n)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.2 * rows), dpi=80, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, pixels, title in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return _figure_png(fig)
