@@ -1,4 +1,4 @@
-"""The `jaxnets` command: train | evaluate | predict | convert | package | serve | bench."""
+"""The `jaxnets` command: train | evaluate | predict | convert | export | package | serve | bench."""
 
 from __future__ import annotations
 
@@ -196,7 +196,12 @@ def _add_predict(sub) -> None:
                         "map at the model's input size): Grad-CAM for CNNs, gradient × input for MLPs")
     p.add_argument("--class", dest="explain_class", default=None, metavar="NAME",
                    help="with --explain: explain this class instead of the predicted one")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--csv", default=None, metavar="OUT.csv",
+                   help="write one row per readable image (path, label, the probability of each class) to a new "
+                        "file instead of printing; folders are walked recursively, with a progress bar")
+    p.add_argument("--tta", default=None, choices=["flip"],
+                   help="average over the horizontal flip (off by default: wrong for digits and text)")
+    p.add_argument("images", nargs="+", help="image files or folders (walked recursively)")
     p.set_defaults(func=_predict)
 
 
@@ -210,11 +215,16 @@ def _predict(args) -> int:
                          f"{', '.join(predictor.classes)}")
     if args.explain_class is not None and args.explain is None:
         raise ValueError("--class chooses what --explain explains: pass --explain OUT_DIR too")
+    from .inference.folder import expand_paths
+
+    files = [str(p) for p in expand_paths(args.images)]
+    if args.csv is not None:
+        return _predict_csv(predictor, files, args)
     status = 0
-    width = max(len(p) for p in args.images)
-    for path in args.images:
+    width = max((len(p) for p in files), default=0)
+    for path in files:
         try:
-            result = predictor.predict([path], top_k=args.top_k)[0]
+            result = predictor.predict([path], top_k=args.top_k, tta=args.tta)[0]
         except NonFiniteOutputError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -230,6 +240,77 @@ def _predict(args) -> int:
             top = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top_k"])
             print(f"{path:<{width}}  {result['label']:<10}  {top}")
     return status
+
+
+def _predict_csv(predictor, files: list[str], args) -> int:
+    """Rows into a new CSV file (never over an existing one); the unreadable files listed after, exit 1 if any."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .inference.folder import predict_files, write_csv
+
+    if args.explain is not None:
+        raise ValueError("--explain and --csv do not go together: explain a few images, score many")
+    skipped: list[tuple[str, str]] = []
+    _refuse_existing(Path(args.csv), "--csv")
+    with open(args.csv, "x", newline="", encoding="utf-8") as out:
+        bar = tqdm(map(Path, files), total=len(files), unit="file", disable=None, file=sys.stderr)
+        rows = write_csv(out, predictor, predict_files(predictor, bar, args.tta, skipped))
+    print(f"{rows} image(s) scored into {args.csv}" + (f"; {len(skipped)} skipped:" if skipped else ""),
+          file=sys.stderr)
+    for path, reason in skipped:
+        print(f"  {path}: {reason}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def _refuse_existing(path, option: str) -> None:
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(f"{path} exists: jaxnets does not overwrite it; choose another {option}")
+
+
+def _add_export(sub) -> None:
+    from .inference.export import DEFAULT_PLATFORMS, FORMATS
+
+    p = sub.add_parser("export", help="write a checkpoint as one ONNX or StableHLO file",
+                       description="The exported function takes uint8 NHWC pixels as the checkpoint's preprocessing "
+                                   "makes them (any batch size) and returns class probabilities; the "
+                                   "standardisation and the weights are inside. ONNX goes through jax2onnx "
+                                   "(no TensorFlow); StableHLO is jax.export's serialized form, loaded with "
+                                   "jax.export.deserialize.")
+    p.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ folder or a convert folder")
+    p.add_argument("--which", default="best", type=which, help="best, latest, or an epoch number")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="the file to write (never over an existing one); beside it, "
+                                                "OUT.json holds the classes and the preprocessing")
+    p.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
+                   help="StableHLO: the platforms to lower for, comma-separated (cpu, cuda, rocm, tpu)")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from .inference.export import export_bytes, metadata
+    from .inference.predictor import Predictor
+
+    out = Path(args.out)
+    sidecar = out.with_name(out.name + ".json")
+    for path in (out, sidecar):
+        _refuse_existing(path, "--out")
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.which)
+    data = export_bytes(predictor, args.format, platforms)
+    info = metadata(predictor)
+    with open(out, "xb") as f:
+        f.write(data)
+    with open(sidecar, "x", encoding="utf-8") as f:
+        json.dump({**{k: json.loads(v) if k in ("classes", "preprocess") else v for k, v in info.items()},
+                   "format": args.format, **({"platforms": platforms} if args.format == "stablehlo" else {})}, f,
+                  indent=1)
+    print(f"{args.format} written to {out} ({len(data):,} bytes): input {info['input']}, output {info['output']}; "
+          f"classes and preprocessing in {sidecar}", file=sys.stderr)
+    return 0
 
 
 def _explain_one(predictor, path: str, out_dir: str, class_name: str | None) -> str:
@@ -267,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_convert(sub)
+    _add_export(sub)
     from . import bench, service_cli  # their heavy imports happen inside the commands, not here
 
     service_cli.add_parser(sub)

@@ -25,6 +25,7 @@ from .card import ModelCard, check_card_matches_step, read_card
 from .scoring import forward, log_probabilities, probabilities
 
 DEFAULT_BUCKETS = (1, 8, 32)
+TTA = (None, "flip")  # test-time augmentations predict_pixels knows
 
 __all__ = ["DEFAULT_BUCKETS", "NonFiniteOutputError", "Predictor", "describe", "restore_model"]
 
@@ -114,9 +115,15 @@ class Predictor:
         return np.stack([to_pixels(img, self.spec, self.max_pixels) for img in images]) if len(images) else \
             np.zeros((0, *self.spec.shape), np.uint8)
 
-    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [N,H,W,C] → probabilities [N, classes], in fixed-size padded batches."""
-        return self._in_buckets(self._probabilities, pixels)
+    def predict_pixels(self, pixels: np.ndarray, tta: str | None = None) -> np.ndarray:
+        """uint8 [N,H,W,C] → probabilities [N, classes], in fixed-size padded batches. `tta="flip"` averages them
+        with the horizontally flipped images' (right for photos, wrong for digits or text: off by default)."""
+        if tta not in TTA:
+            raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(map(str, TTA))}")
+        probs = self._in_buckets(self._probabilities, pixels)
+        if tta == "flip":
+            probs = (probs + self._in_buckets(self._probabilities, np.asarray(pixels)[:, :, ::-1])) / 2
+        return probs
 
     def log_probabilities_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N,H,W,C] → log probabilities [N, classes]: losses that stay finite where a probability is 0."""
@@ -158,11 +165,13 @@ class Predictor:
     def describe(self, probs: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
         return describe(probs, self.classes, top_k)
 
-    def predict(self, images: Sequence[ImageLike] | ImageLike, top_k: int = 5) -> list[dict[str, Any]]:
-        """PIL images, paths, bytes or uint8 arrays → one result dict per image (see `describe`)."""
+    def predict(self, images: Sequence[ImageLike] | ImageLike, top_k: int = 5,
+                tta: str | None = None) -> list[dict[str, Any]]:
+        """PIL images, paths, bytes or uint8 arrays → one result dict per image (see `describe`); `tta` as for
+        `predict_pixels`."""
         if isinstance(images, (str, Path, bytes, bytearray)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
             images = [images]
-        probs = self.predict_pixels(self.pixels(list(images)))
+        probs = self.predict_pixels(self.pixels(list(images)), tta)
         if non_finite_rows(probs):
             raise NonFiniteOutputError(f"{self.card.model} produced non-finite probabilities: its weights "
                                        f"(restored step {self.step}) are broken")

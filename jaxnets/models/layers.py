@@ -79,7 +79,9 @@ def max_pool(x: Array, window: int, stride: int, padding: int = 0) -> Array:
     extra_h = max(0, window - (h + 2 * padding))
     extra_w = max(0, window - (w + 2 * padding))
     pads = ((padding, padding + extra_h), (padding, padding + extra_w))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+    if any(p for pair in pads for p in pair):  # padded here, not by the pool: exporters (jax2onnx) drop a pool's pads
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride), padding="VALID")
 
 
 class BatchNorm(nn.Module):
@@ -123,7 +125,7 @@ def avg_pool2(x: Array) -> Array:
     """2×2/2 average pooling (floor mode) as a reduce_window. XLA:CPU keeps reduce_window out of its
     producer's loop fusion; a reshape+mean or strided-slice pool gets fused into the convolution before
     it and runs 3–4× slower there (LeNet-5: conv+relu+pool 3.7 ms vs 0.9 ms per batch of 64)."""
-    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 CAM_LAYER = "cam_features"  # the last convolutional stage's output, where Grad-CAM looks
