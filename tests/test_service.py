@@ -221,3 +221,88 @@ def test_the_front_process_imports_no_jax(trained):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "lenet5 []", out.stdout
+
+
+# ---------------------------------------------------------------------------------------------- /explain and the page
+
+
+def _png_from_data_uri(uri: str) -> Image.Image:
+    import base64
+
+    assert uri.startswith("data:image/png;base64,")
+    image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1], validate=True)))
+    image.load()
+    return image
+
+
+def test_explain_answers_the_map_for_the_predicted_or_a_chosen_class(server, trained):
+    data = trained["paths"][0].read_bytes()
+    predicted = _one(server, data).json()["label"]
+    r = _post(server, "/explain", {"image": ("digit.png", data)})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["label"] == predicted and answer["class"] == predicted and 0 < answer["probability"] <= 1
+    overlay, heat = _png_from_data_uri(answer["overlay"]), _png_from_data_uri(answer["map"])
+    assert overlay.size == heat.size and min(overlay.size) >= 224 and heat.mode == "L"
+    other = "3" if predicted != "3" else "4"
+    response = _post(server, "/explain", {"image": ("digit.png", data)}, data={"class_name": other})
+    assert response.status_code == 200, response.text
+    chosen = response.json()
+    assert chosen["class"] == other and chosen["label"] == predicted and chosen["map"] != answer["map"]
+
+
+def test_explain_has_the_guards_of_predict(server, trained):
+    data = trained["paths"][0].read_bytes()
+    cases = [
+        (_post(server, "/explain", {"image": ("d.png", data)}, data={"class_name": "cat"}), 400, "class"),
+        (_post(server, "/explain", {"image": ("d.png", b"not an image")}), 400, "image"),
+        (_post(server, "/explain", {"picture": ("d.png", data)}), 400, "image"),
+        (requests.get(f"{server}/explain", timeout=30), 405, "POST"),
+        (_post(server, "/explain", {"image": ("big.bin", b"\0" * (MAX_REQUEST + 10))}), 413, "limit"),
+    ]
+    for response, status, word in cases:
+        assert response.status_code == status, response.text
+        assert word in response.json()["error"]
+
+
+def test_the_page_is_self_contained_and_locked_down(server):
+    r = requests.get(f"{server}/", timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "unsafe-inline" not in csp.split(
+        "script-src")[1].split(";")[0]
+    html = r.text
+    assert 'data-testid="label"' in html and "<script src" not in html
+    assert "http://" not in html and "https://" not in html and "//" not in html.replace("://", "")[:0]
+    assert requests.post(f"{server}/", timeout=30).status_code == 405
+
+
+def test_the_page_in_a_real_browser_shows_the_label_of_predict(server, trained, tmp_path):
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser_path, "the browser tests need Debian's chromium package: apt-get install chromium"
+    path = trained["paths"][5]
+    expected = _one(server, path.read_bytes()).json()["label"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            errors, outside = [], []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("request", lambda q: outside.append(q.url) if not q.url.startswith((server, "data:", "blob:"))
+                    else None)
+            page.goto(f"{server}/")
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("#overlay[src^='data:image/png']", timeout=60_000)
+            page.wait_for_load_state("load")
+            assert page.locator("#overlay").evaluate("img => img.decode().then(() => img.naturalWidth)") >= 224
+            assert page.get_by_test_id("label").inner_text().strip() == expected
+            assert page.locator("#bars .bar").count() == 5
+            page.screenshot(path=str(tmp_path / "page.png"))
+            assert errors == [] and outside == []
+        finally:
+            browser.close()

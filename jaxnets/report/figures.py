@@ -32,12 +32,12 @@ def image_png(pixels: np.ndarray, at_least: int = 112) -> bytes:
     digit stays sharp and visible."""
     from PIL import Image
 
-    rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
-    factor = max(1, -(-at_least // min(rgb.shape[:2])))
+    image = pixels[..., 0] if pixels.shape[-1] == 1 else pixels  # one channel stays grey ("L")
+    factor = max(1, -(-at_least // min(image.shape[:2])))
     if factor > 1:
-        rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+        image = image.repeat(factor, axis=0).repeat(factor, axis=1)
     out = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(out, format="PNG")
+    Image.fromarray(np.ascontiguousarray(image)).save(out, format="PNG")
     return out.getvalue()
 
 

@@ -22,8 +22,11 @@ It imports neither JAX nor BentoML: it is plain ASGI over python-multipart (a Be
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import http
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,34 @@ def normalising_send(send: Send) -> Send:
     return wrapped
 
 
+# ------------------------------------------------------------------------------------------------ pages
+
+
+NONE = "'none'"
+
+
+class Page:
+    """A self-contained HTML page the door serves itself (GET and HEAD only), with a Content-Security-Policy that
+    lets it run its own inline script (by hash) and talk to this server, and nothing else: no external script,
+    style, font, image or frame could load even if one crept in."""
+
+    def __init__(self, html: bytes):
+        self.html = html
+        scripts = re.findall(rb"<script>(.*?)</script>", html, flags=re.S)
+        hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in scripts)
+        self.csp = (f"default-src 'none'; script-src {hashes or NONE}; style-src 'unsafe-inline'; img-src data: blob:; "
+                    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'").encode()
+
+    async def answer(self, method: str, send: Send) -> None:
+        if method not in ("GET", "HEAD"):
+            return await reply(send, 405, "this page answers GET only", [(b"allow", b"GET, HEAD")])
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(self.html)).encode()),
+            (b"content-security-policy", self.csp), (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-cache")]})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else self.html})
+
+
 # ------------------------------------------------------------------------------------------------ the door
 
 
@@ -126,14 +157,15 @@ def served_paths(app: Any) -> tuple[frozenset[str], tuple[str, ...]]:
 class FrontDoor:
     """ASGI wrapper around the whole BentoML app: see the module docstring."""
 
-    def __init__(self, app: ASGIApp, forms: dict[str, FormSpec], limits: Limits | None = None):
-        self.app, self.forms = app, forms
+    def __init__(self, app: ASGIApp, forms: dict[str, FormSpec], limits: Limits | None = None,
+                 pages: dict[str, Page] | None = None):
+        self.app, self.forms, self.pages = app, forms, pages or {}
         self.limits = limits or Limits.from_env()
         self.exact, self.prefixes = served_paths(app)
         self.slots = asyncio.Semaphore(self.limits.max_uploads)
 
     def serves(self, path: str) -> bool:
-        return path in self.forms or path in self.exact or path.startswith(self.prefixes)
+        return path in self.forms or path in self.pages or path in self.exact or path.startswith(self.prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -142,6 +174,8 @@ class FrontDoor:
         if not self.serves(path):
             routes = ", ".join(sorted(self.forms))
             return await reply(send, 404, f"no such route {path[:100]!r}; the API routes are {routes}")
+        if path in self.pages:
+            return await self.pages[path].answer(method, send)
         spec = self.forms.get(path)
         if spec is None:
             return await self.app(scope, receive, normalising_send(send) if method != "HEAD" else send)
@@ -216,7 +250,7 @@ class FrontDoor:
             form.feed(chunk)
             if not message.get("more_body"):
                 break
-        return canonical_body(form.finish())
+        return canonical_body(form.finish(), spec.string_fields)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -7,6 +7,7 @@ Plain Python over python-multipart (a BentoML dependency); no JAX, no BentoML.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -72,6 +73,13 @@ def positive_int(value: str) -> str | None:
     return f"expected a positive integer, got {value[:20]!r}"
 
 
+def short_text(value: str) -> str | None:
+    """Validator for a class name: one line of printable text, at most 200 characters."""
+    if 0 < len(value) <= 200 and value.isprintable():
+        return None
+    return f"expected a class name (one line, at most 200 characters), got {value[:20]!r}"
+
+
 @dataclass(frozen=True)
 class FormSpec:
     """What one API route takes: one file field (between min_files and max_files parts) and text fields."""
@@ -80,6 +88,9 @@ class FormSpec:
     min_files: int = 1
     max_files: int = 1
     text_fields: dict[str, Callable[[str], str | None]] = field(default_factory=dict)
+    # text fields BentoML must receive as strings: it JSON-decodes form values, so a class named "3" would
+    # arrive as the number 3; these are handed over JSON-encoded
+    string_fields: frozenset[str] = frozenset()
 
     @property
     def max_parts(self) -> int:
@@ -307,9 +318,13 @@ def text(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def canonical_body(parts: list[Part]) -> tuple[bytes, bytes]:
+def canonical_body(parts: list[Part], string_fields: frozenset[str] = frozenset()) -> tuple[bytes, bytes]:
     """(body, content-type) of a fresh multipart body holding exactly `parts`: BentoML parses what was
-    checked, written by us, never the client's framing. File names are replaced by a neutral one."""
+    checked, written by us, never the client's framing. File names are replaced by a neutral one; the
+    `string_fields` are written as JSON strings (see FormSpec)."""
+    for p in parts:
+        if p.filename is None and p.name in string_fields:
+            p.data = bytearray(json.dumps(text(bytes(p.data))).encode())
     while True:
         boundary = b"jaxnets-" + secrets.token_hex(16).encode()
         if not any(boundary in p.data for p in parts):

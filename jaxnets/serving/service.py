@@ -18,6 +18,7 @@ and the front door's JAXNETS_READ_TIMEOUT_S, JAXNETS_MAX_UPLOADS, JAXNETS_QUEUE_
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -33,8 +34,10 @@ from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageError, to_pixels
 from ..inference.answers import describe, non_finite_rows
 from ..inference.card import read_card
 from ..integrity import CheckpointError, verify_packaged
-from .guard import FrontDoor
-from .multipart import FormSpec, Limits, env_number, positive_int
+from ..report.figures import image_png
+from ..report.overlay import overlay
+from .guard import FrontDoor, Page
+from .multipart import FormSpec, Limits, env_number, positive_int, short_text
 from .package import DEFAULT_NAME
 
 log = logging.getLogger("jaxnets.service")
@@ -50,7 +53,10 @@ MAX_BATCH_FILES = 256
 FORMS = {
     "/predict": FormSpec("image", text_fields={"top_k": positive_int}),
     "/predict_batch": FormSpec("images", max_files=MAX_BATCH_FILES, text_fields={"top_k": positive_int}),
+    "/explain": FormSpec("image", text_fields={"class_name": short_text}, string_fields=frozenset({"class_name"})),
 }
+# the page at / (served by the front door itself: static, no JAX, no BentoML code on the way)
+PAGES = {"/": Page((Path(__file__).parent / "page.html").read_bytes())}
 
 
 def _load_model_ref():
@@ -79,7 +85,7 @@ class GuardedService(bentoml.Service):
     unknown paths out of /metrics and lets the door answer before any BentoML code reads the request."""
 
     def to_asgi(self, is_main: bool = True) -> Any:
-        return FrontDoor(super().to_asgi(is_main), FORMS, LIMITS)
+        return FrontDoor(super().to_asgi(is_main), FORMS, LIMITS, PAGES)
 
 
 def _stop_the_server(message: str) -> None:
@@ -105,6 +111,10 @@ def _stop_the_server(message: str) -> None:
                 sibling.kill()
 
 
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 class NonFiniteModelError(RuntimeError):
     """The model's warm-up output is NaN or infinite: its weights are broken, so it must not be served."""
 
@@ -120,6 +130,7 @@ class JaxnetsModel:
                                                    buckets=sorted({1, 8, MAX_BATCH}))
         self.predictor.warmup()
         self._check_finite()
+        self.predictor.explain_pixels(np.zeros((1, *self.predictor.spec.shape), np.uint8))  # compiled before ready
         log.info("model %s ready: %s, classes %s", MODEL_TAG, self.predictor.card.model, self.predictor.classes)
 
     def _check_finite(self) -> None:
@@ -139,6 +150,12 @@ class JaxnetsModel:
     def infer(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N,H,W,C] → probabilities [N, classes]; N is whatever adaptive batching gathered."""
         return self.predictor.predict_pixels(np.asarray(pixels, dtype=np.uint8))
+
+    @bentoml.api
+    def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray:
+        """uint8 [1,H,W,C] and the class to explain → its map, float32 [1,H,W] in [0, 1] (inference/explain.py)."""
+        maps, _ = self.predictor.explain_pixels(np.asarray(pixels, dtype=np.uint8), [int(class_index)])
+        return maps
 
 
 @bentoml.service(name="jaxnets_classifier", traffic={"timeout": 60}, service_class=GuardedService)
@@ -179,6 +196,27 @@ class JaxnetsClassifier:
     def predict(self, image: Path, ctx: bentoml.Context, top_k: int = 5) -> dict[str, Any]:
         """One image (multipart field `image`) → {"label", "probabilities", "top_k"}."""
         return self._answers(self._pixels(image, "image")[None], top_k, ctx)[0]
+
+    @bentoml.api(route="/explain")
+    def explain(self, image: Path, ctx: bentoml.Context, class_name: str | None = None) -> dict[str, Any]:
+        """One image (multipart field `image`) → {"label", "class", "probability", "overlay", "map"}: where the
+        model looked for `class_name` (default: the predicted class), as PNG data URIs — the map over the image the
+        model saw, and the map alone (8-bit grey)."""
+        if class_name is not None and class_name not in self.classes:
+            raise InvalidArgument(f"class_name: {class_name[:100]!r} is not one of the model's classes "
+                                  f"({', '.join(self.classes[:50])})")
+        pixels = self._pixels(image, "image")[None]
+        answers = self._answers(pixels, 1, ctx)
+        if "error" in answers[0]:
+            return answers[0]
+        chosen = answers[0]["label"] if class_name is None else class_name
+        heat = np.asarray(self.model.explain(pixels, self.classes.index(chosen)), np.float32)[0]
+        if not np.isfinite(heat).all():
+            ctx.response.status_code = 503
+            return {"error": "the model's explanation is not finite for this image"}
+        return {"label": answers[0]["label"], "class": chosen, "probability": answers[0]["probabilities"][chosen],
+                "overlay": _data_uri(image_png(overlay(pixels[0], heat), at_least=224)),
+                "map": _data_uri(image_png(np.rint(heat * 255).astype(np.uint8)[..., None], at_least=224))}
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(self, images: list[Path], ctx: bentoml.Context, top_k: int = 5) -> list[dict[str, Any]]:
