@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from .options import positive_int, which
 
@@ -59,8 +60,6 @@ def _add_convert(sub) -> None:
 
 
 def _convert(args) -> int:
-    from pathlib import Path
-
     from .models import list_models
     from .pretrained import convert
 
@@ -218,10 +217,13 @@ def _predict(args) -> int:
     from .inference.folder import expand_paths
 
     files = [str(p) for p in expand_paths(args.images)]
+    if not files:
+        raise ValueError(f"no files in {', '.join(args.images)}")
     if args.csv is not None:
         return _predict_csv(predictor, files, args)
     status = 0
     width = max((len(p) for p in files), default=0)
+    stems: dict[str, int] = {}
     for path in files:
         try:
             result = predictor.predict([path], top_k=args.top_k, tta=args.tta)[0]
@@ -233,7 +235,10 @@ def _predict(args) -> int:
             print(json.dumps({"image": path, "error": str(e)}) if args.json else f"{path:<{width}}  error: {e}")
             continue
         if args.explain is not None:
-            result["explanation"] = _explain_one(predictor, path, args.explain, args.explain_class)
+            stem = Path(path).stem
+            stems[stem] = stems.get(stem, 0) + 1
+            name = stem if stems[stem] == 1 else f"{stem}-{stems[stem]}"  # a/1.png and b/1.png: 1, 1-2
+            result["explanation"] = _explain_one(predictor, path, args.explain, args.explain_class, name)
         if args.json:
             print(json.dumps({"image": path, **result}))
         else:
@@ -244,19 +249,23 @@ def _predict(args) -> int:
 
 def _predict_csv(predictor, files: list[str], args) -> int:
     """Rows into a new CSV file (never over an existing one); the unreadable files listed after, exit 1 if any."""
-    from pathlib import Path
-
     from tqdm.auto import tqdm
 
     from .inference.folder import predict_files, write_csv
 
     if args.explain is not None:
         raise ValueError("--explain and --csv do not go together: explain a few images, score many")
+    from .inference.predictor import NonFiniteOutputError
+
     skipped: list[tuple[str, str]] = []
     _refuse_existing(Path(args.csv), "--csv")
     with open(args.csv, "x", newline="", encoding="utf-8") as out:
         bar = tqdm(map(Path, files), total=len(files), unit="file", disable=None, file=sys.stderr)
-        rows = write_csv(out, predictor, predict_files(predictor, bar, args.tta, skipped))
+        try:
+            rows = write_csv(out, predictor, predict_files(predictor, bar, args.tta, skipped))
+        except NonFiniteOutputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     print(f"{rows} image(s) scored into {args.csv}" + (f"; {len(skipped)} skipped:" if skipped else ""),
           file=sys.stderr)
     for path, reason in skipped:
@@ -289,8 +298,6 @@ def _add_export(sub) -> None:
 
 
 def _export(args) -> int:
-    from pathlib import Path
-
     from .inference.export import export_bytes, metadata
     from .inference.predictor import Predictor
 
@@ -313,10 +320,9 @@ def _export(args) -> int:
     return 0
 
 
-def _explain_one(predictor, path: str, out_dir: str, class_name: str | None) -> str:
+def _explain_one(predictor, path: str, out_dir: str, class_name: str | None, stem: str) -> str:
     """Write <stem>_cam.png and <stem>_cam.npy for one image into out_dir (never over an existing file)."""
     import io
-    from pathlib import Path
 
     import numpy as np
 
@@ -324,7 +330,6 @@ def _explain_one(predictor, path: str, out_dir: str, class_name: str | None) -> 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = Path(path).stem
     png, npy = out / f"{stem}_cam.png", out / f"{stem}_cam.npy"
     for target in (png, npy):
         if target.exists() or target.is_symlink():

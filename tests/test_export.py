@@ -135,10 +135,13 @@ def test_a_folder_becomes_one_csv_row_per_readable_image_and_the_broken_file_is_
         Image.fromarray(image).save(path)
         paths.append(path)
     (folder / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    odd = folder / 'a' / 'with, comma "and quotes".png'  # the CSV quotes it
+    Image.fromarray(images[0]).save(odd)
+    paths.append(odd)
     out = tmp_path / "out.csv"
     done = _jaxnets("predict", "--checkpoint", str(digits_run), str(folder), "--csv", str(out), "--tta", "flip")
     assert done.returncode == 1  # a file was skipped
-    assert "broken.jpg" in done.stderr and "7 image(s)" in done.stderr
+    assert "broken.jpg" in done.stderr and "8 image(s)" in done.stderr
     rows = list(csv.DictReader(out.open()))
     assert sorted(r["path"] for r in rows) == sorted(map(str, paths))
     predictor = Predictor.from_checkpoint(digits_run)

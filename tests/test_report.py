@@ -185,3 +185,24 @@ def test_a_run_without_a_report_writes_none(tmp_path):
     fit(TrainConfig(model="logistic_regression", data="digits", epochs=1, out=str(tmp_path / "r"), quiet=True,
                     tensorboard=False, report=False))
     assert not (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_hostile_class_names_are_shown_as_text_not_markup(tmp_path):
+    """Class names come from folder names: markup, quotes and "$" (matplotlib's mathtext) are shown as written."""
+    from jaxnets.data.dataset import Splits
+    from jaxnets.data.sources import from_arrays
+    from jaxnets.train import TrainConfig, fit
+
+    names = ['"><img src=x onerror=alert(1)>', "US$ & co", "$\\q$"]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (90, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(90) % 3
+    parts = [from_arrays(images[a:b], labels[a:b], names) for a, b in ((0, 60), (60, 75), (75, 90))]
+    fit(TrainConfig(model="logistic_regression", data="arrays", epochs=1, out=str(tmp_path / "r"), quiet=True,
+                    tensorboard=False), Splits(*parts))
+    page = _read(tmp_path / "r" / "report.html")
+    assert page.scripts == 0 and page.outside == []
+    assert all(src.startswith("data:") for src in page.images)  # no <img src=x> came from a class name
+    text = (tmp_path / "r" / "report.html").read_text()
+    assert names[0] not in text and "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "US$ &amp; co" in text

@@ -63,7 +63,10 @@ def run_history(checkpoint: str | Path) -> list[dict[str, Any]] | None:
         history = json.loads(path.read_text()) if path is not None else None
     except (OSError, ValueError):
         return None
-    return history if isinstance(history, list) and all(isinstance(h, dict) for h in history) else None
+    keys = ("epoch", "train_loss", "train_accuracy")
+    usable = isinstance(history, list) and history and all(
+        isinstance(h, dict) and all(isinstance(h.get(k), (int, float)) for k in keys) for h in history)
+    return history if usable else None
 
 
 def evaluation_set(data: str, classes: list[str], record: dict[str, Any] | None = None,
@@ -79,10 +82,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 64,
                         data_dir: str | None = None, report: str | Path | None = None) -> dict[str, Any]:
     """The `test` part of metrics.json for this checkpoint on this data; with `report`, also report.html and its
     figures in that folder (new files only: an existing one is never replaced)."""
+    if report is not None:
+        from ..report import REPORT_FILES, refuse_existing_files
+
+        refuse_existing_files(Path(report), REPORT_FILES)  # before any work, not after it
     model, variables, card, step = restore_model(checkpoint, which)
     classes = list(card.classes)
     ds, what = evaluation_set(data, classes, run_record(checkpoint), data_dir)
-    if report is not None:
+    if report is not None and len(ds):
         _write_report(Predictor(model, variables, card, step=step), ds, what, data, checkpoint, which, report)
     loader = Loader(ds, card.preprocess, batch_size)
     result = score(make_eval_step(model, card.preprocess, len(classes), card.binary), variables, loader.epoch(0))

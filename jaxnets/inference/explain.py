@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..data.preprocess import PreprocessSpec, check_pixels, normalize, standardize
+from ..data.preprocess import PreprocessSpec, check_pixels, normalize, standardize, to_unit
 from ..models.layers import CAM_LAYER
 from ..models.mlp import MLP
 
@@ -82,7 +82,7 @@ def _explain(model, variables, pixels, classes, spec: PreprocessSpec, binary: bo
         maps = jax.nn.relu((gradient * features).sum(axis=-1))  # position by position: see the module doc
         maps = jax.image.resize(maps, (maps.shape[0], spec.height, spec.width), "bilinear")
     else:
-        unit = pixels.astype(jnp.float32) / 255.0  # the image as light, 0 = black: the reference of the product
+        unit = to_unit(pixels)  # the image as light in [0, 1], 0 = black: the reference of the product
         grad = jax.grad(lambda u: _score(model.apply(variables, normalize(u, spec)), classes, binary,
                                          log_odds=not linear))(unit)
         maps = jnp.abs(grad).sum(axis=-1) if linear else jax.nn.relu((grad * unit).sum(axis=-1))
@@ -90,10 +90,10 @@ def _explain(model, variables, pixels, classes, spec: PreprocessSpec, binary: bo
 
 
 def explain_pixels(model, variables: dict, spec: PreprocessSpec, binary: bool, pixels: np.ndarray,
-                   classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   classes: np.ndarray | None = None, cam: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(maps float32 (N, H, W) in [0, 1], the class index each map explains) for uint8 NHWC pixels."""
     pixels = check_pixels(pixels, spec)
-    cam = has_cam_layer(model, variables, spec.shape)
+    cam = has_cam_layer(model, variables, spec.shape) if cam is None else cam
     chosen = None if classes is None else jnp.asarray(classes, jnp.int32)
     linear = isinstance(model, MLP) and not model.hidden_sizes
     maps, chosen = _explain(model, variables, jnp.asarray(pixels), chosen, spec, binary, cam, linear)

@@ -20,6 +20,7 @@ from dataclasses import asdict
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import jaxprs_in_params
 
 from .predictor import Predictor
 from .scoring import forward, probabilities
@@ -61,7 +62,7 @@ def _primitives(jaxpr) -> set[str]:
     names = set()
     for eqn in jaxpr.eqns:
         names.add(eqn.primitive.name)
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jaxprs_in_params(eqn.params):
             names |= _primitives(sub)
     return names
 
@@ -69,9 +70,10 @@ def _primitives(jaxpr) -> set[str]:
 def _host_only(fn: Callable, spec: jax.ShapeDtypeStruct) -> list[str]:
     """The operations that run Python on the host (callbacks): no file format can hold them."""
     try:
-        names = _primitives(jax.make_jaxpr(fn)(spec).jaxpr)
-    except Exception:  # the trace itself fails: the exporter's own error will say why
+        jaxpr = jax.make_jaxpr(fn)(spec).jaxpr
+    except (TypeError, ValueError, NotImplementedError):  # the trace itself fails: the exporter will say why
         return []
+    names = _primitives(jaxpr)
     return sorted(n for n in names if "callback" in n)
 
 

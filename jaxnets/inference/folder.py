@@ -11,7 +11,8 @@ from typing import TextIO
 import numpy as np
 
 from ..data.preprocess import ImageError
-from .predictor import Predictor
+from .answers import non_finite_rows
+from .predictor import NonFiniteOutputError, Predictor
 
 __all__ = ["expand_paths", "predict_files", "write_csv"]
 
@@ -60,6 +61,9 @@ def predict_files(predictor: Predictor, files: Iterable[Path], tta: str | None =
 
 def _score(predictor: Predictor, chunk: list[tuple[Path, np.ndarray]], tta: str | None):
     probs = predictor.predict_pixels(np.stack([pixels for _, pixels in chunk]), tta=tta)
+    if non_finite_rows(probs):
+        raise NonFiniteOutputError(f"{predictor.card.model} produced non-finite probabilities: its weights "
+                                   f"(restored step {predictor.step}) are broken")
     return zip((path for path, _ in chunk), probs, strict=True)
 
 
@@ -69,6 +73,7 @@ def write_csv(out: TextIO, predictor: Predictor, rows: Iterable[tuple[Path, np.n
     writer.writerow(["path", "label", *(f"p_{c}" for c in predictor.classes)])
     n = 0
     for path, probs in rows:
-        writer.writerow([str(path), predictor.classes[int(np.argmax(probs))], *(f"{p:.6g}" for p in probs)])
+        name = str(path).encode("utf-8", "backslashreplace").decode("utf-8")  # a non-UTF-8 name, escaped
+        writer.writerow([name, predictor.classes[int(np.argmax(probs))], *(f"{p:.6g}" for p in probs)])
         n += 1
     return n

@@ -80,6 +80,7 @@ class Predictor:
         self.spec = card.preprocess
         self.buckets = tuple(sorted(set(buckets)))
         self.max_pixels = max_pixels
+        self._cam: bool | None = None  # whether explanations are Grad-CAM (found on the first one)
         apply = forward(model, self.spec)
         self._probabilities = runtime.jit(lambda v, images: probabilities(apply(v, images), self.binary))
         self._log_probabilities = runtime.jit(lambda v, images: log_probabilities(apply(v, images), self.binary))
@@ -146,7 +147,7 @@ class Predictor:
         """uint8 [N,H,W,C] → (maps float32 [N,H,W] in [0, 1], class index each map explains): Grad-CAM for the
         CNNs, gradient × input for the MLPs (inference/explain.py), for the predicted class unless `classes`
         names one per image. Padded to the same buckets as predictions: no recompiles."""
-        from .explain import explain_pixels
+        from .explain import explain_pixels, has_cam_layer
 
         n = len(pixels)
         maps = np.empty((n, self.spec.height, self.spec.width), np.float32)
@@ -158,7 +159,9 @@ class Predictor:
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
             wanted = None if classes is None else np.pad(np.asarray(classes[start:start + rows]), (0, pad))
-            m, c = explain_pixels(self.model, self.variables, self.spec, self.binary, chunk, wanted)
+            if self._cam is None:  # traced once per Predictor, not per call
+                self._cam = has_cam_layer(self.model, self.variables, self.spec.shape)
+            m, c = explain_pixels(self.model, self.variables, self.spec, self.binary, chunk, wanted, self._cam)
             maps[start:start + rows], chosen[start:start + rows] = m[:rows], c[:rows]
         return maps, chosen
 

@@ -8,7 +8,7 @@ import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["curves_png", "history_csv", "write_new_files"]
+__all__ = ["REPORT_FILES", "curves_png", "history_csv", "refuse_existing_files", "write_new_files"]
 
 
 def history_csv(history: list[dict[str, float]], fields: Sequence[str]) -> str:
@@ -46,14 +46,24 @@ def curves_png(history: list[dict[str, float]]) -> bytes:
     return png.getvalue()
 
 
-def write_new_files(folder: Path, files: Mapping[str, bytes]) -> None:
-    """Write each file into `folder` (made if missing) only if none of them exists yet: a report never replaces a
-    file, ours or not. Each is created exclusively, so a file that appears meanwhile is not replaced either."""
-    folder.mkdir(parents=True, exist_ok=True)
-    taken = [name for name in files if (folder / name).exists() or (folder / name).is_symlink()]
+REPORT_FILES = ("report.html", "confusion.png", "top_losses.png")
+
+
+def refuse_existing_files(folder: Path, names: Sequence[str]) -> None:
+    """FileExistsError naming the files of `names` that `folder` already has (a link counts)."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder for the report")
+    taken = [name for name in names if (folder / name).exists() or (folder / name).is_symlink()]
     if taken:
         raise FileExistsError(f"{folder} already has {', '.join(taken)}: jaxnets does not overwrite files; "
                               "choose another folder")
+
+
+def write_new_files(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write each file into `folder` (made if missing) only if none of them exists yet: a report never replaces a
+    file, ours or not. Each is created exclusively, so a file that appears meanwhile is not replaced either."""
+    refuse_existing_files(folder, list(files))
+    folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         with open(folder / name, "xb") as f:
             f.write(data)

@@ -27,6 +27,11 @@ def _figure_png(fig) -> bytes:
     return out.getvalue()
 
 
+def _plain(text: str) -> str:
+    """Text matplotlib shows as it is: a class name with "$" would otherwise be parsed as mathtext (and fail)."""
+    return str(text).replace("$", r"\$")
+
+
 def image_png(pixels: np.ndarray, at_least: int = 112) -> bytes:
     """uint8 H×W×C as PNG, enlarged by a whole factor (nearest) until its shorter side is `at_least`: a 28-pixel
     digit stays sharp and visible."""
@@ -53,8 +58,9 @@ def confusion_png(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     if k <= 40:
-        ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 6 else 0)
-        ax.set_yticks(range(k), [str(c) for c in classes])
+        labels = [_plain(c) for c in classes]
+        ax.set_xticks(range(k), labels, rotation=90 if k > 6 else 0)
+        ax.set_yticks(range(k), labels)
     if k <= 20:
         for t in range(k):
             for p in range(k):
@@ -77,6 +83,6 @@ def grid_png(images: Sequence[np.ndarray], titles: Sequence[str], columns: int =
         ax.axis("off")
     for ax, pixels, title in zip(axes.flat, images, titles, strict=False):
         ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(title, fontsize=7)
+        ax.set_title(_plain(title), fontsize=7)
     fig.tight_layout()
     return _figure_png(fig)

@@ -11,6 +11,7 @@ from html import escape
 
 import numpy as np
 
+from ..data.preprocess import ImageError
 from ..inference.predictor import Predictor
 from .analysis import Analysis
 from .figures import confusion_png, grid_png, image_png
@@ -102,12 +103,25 @@ def _skipped(analysis: Analysis) -> str:
     return f'<section id="skipped"><h2>Skipped files ({len(analysis.skipped)})</h2><ul>{items}</ul>{more}</section>'
 
 
+def _gallery_images(predictor: Predictor, analysis: Analysis, dataset, top: int
+                    ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The rows of the highest losses and their pixels, decoded again; a file that changed since it was scored
+    and no longer decodes is left out of the gallery."""
+    rows, images = [], []
+    for row in analysis.top_losses(top):
+        try:
+            images.append(dataset.pixels(int(analysis.indices[row]), predictor.spec))
+        except ImageError:
+            continue
+        rows.append(row)
+    return np.asarray(rows, np.int64), images
+
+
 def build_report(predictor: Predictor, analysis: Analysis, dataset, context: ReportContext,
                  curves: bytes | None = None) -> dict[str, bytes]:
     """{"report.html": page, "confusion.png": …, "top_losses.png": …} — `dataset` is the one `analysis` scored
     (the gallery's images are decoded again from it, through the predictor's preprocessing)."""
-    rows = analysis.top_losses(context.top)
-    images = [dataset.pixels(int(analysis.indices[r]), predictor.spec) for r in rows]
+    rows, images = _gallery_images(predictor, analysis, dataset, context.top)
     confusion = confusion_png(analysis.confusion, analysis.classes)
     titles = [f"{analysis.classes[analysis.labels[r]]} → {analysis.classes[analysis.predictions[r]]}\n"
               f"loss {analysis.losses[r]:.2f}" for r in rows]
@@ -134,4 +148,6 @@ def build_report(predictor: Predictor, analysis: Analysis, dataset, context: Rep
 <footer class="note">Made by jaxnets. Self-contained: no script, no external file.</footer>
 </body></html>
 """
-    return {"report.html": page.encode("utf-8"), "confusion.png": confusion, "top_losses.png": grid}
+    # file names that are not UTF-8 (held by Python as surrogates) are written as escapes, not a crash
+    return {"report.html": page.encode("utf-8", "backslashreplace"), "confusion.png": confusion,
+            "top_losses.png": grid}

@@ -130,8 +130,19 @@ class JaxnetsModel:
                                                    buckets=sorted({1, 8, MAX_BATCH}))
         self.predictor.warmup()
         self._check_finite()
-        self.predictor.explain_pixels(np.zeros((1, *self.predictor.spec.shape), np.uint8))  # compiled before ready
+        self.explains = self._warm_explain()
         log.info("model %s ready: %s, classes %s", MODEL_TAG, self.predictor.card.model, self.predictor.classes)
+
+    def _warm_explain(self) -> bool:
+        """Compile the explanation for one image before the service is ready; a model that cannot be explained
+        still serves predictions (its /explain answers 503 with the reason)."""
+        try:
+            self.predictor.explain_pixels(np.zeros((1, *self.predictor.spec.shape), np.uint8), [0])
+            return True
+        except Exception as e:  # any failure here only turns /explain off, with its reason
+            log.error("model %s cannot be explained (%s): /explain is off", MODEL_TAG, e)
+            self.explain_error = f"{type(e).__name__}: {str(e)[:200]}"
+            return False
 
     def _check_finite(self) -> None:
         """Refuse to start on a model whose warm-up output (a batch of black images, as `warmup` compiles
@@ -154,6 +165,8 @@ class JaxnetsModel:
     @bentoml.api
     def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray:
         """uint8 [1,H,W,C] and the class to explain → its map, float32 [1,H,W] in [0, 1] (inference/explain.py)."""
+        if not self.explains:
+            raise RuntimeError(f"this model cannot be explained: {self.explain_error}")
         maps, _ = self.predictor.explain_pixels(np.asarray(pixels, dtype=np.uint8), [int(class_index)])
         return maps
 
@@ -210,7 +223,12 @@ class JaxnetsClassifier:
         if "error" in answers[0]:
             return answers[0]
         chosen = answers[0]["label"] if class_name is None else class_name
-        heat = np.asarray(self.model.explain(pixels, self.classes.index(chosen)), np.float32)[0]
+        try:
+            heat = np.asarray(self.model.explain(pixels, self.classes.index(chosen)), np.float32)[0]
+        except Exception as e:  # the model service's failure is a 503 with its reason, never a 500
+            log.error("explain failed: %s", e)
+            ctx.response.status_code = 503
+            return {"error": f"no explanation could be made for this image: {str(e)[:300]}"}
         if not np.isfinite(heat).all():
             ctx.response.status_code = 503
             return {"error": "the model's explanation is not finite for this image"}

@@ -41,7 +41,7 @@ from ..inference.predictor import Predictor
 from ..inference.scoring import add_sums, score
 from ..report import curves_png, history_csv
 from ..report.board import Board
-from ..runtime.sharding import check_same_everywhere, gather_json, is_primary, multi_process, replicated
+from ..runtime.sharding import barrier, check_same_everywhere, gather_json, is_primary, multi_process, replicated
 from .config import TrainConfig
 from .optim import FineTune, current_lr, finetune_optimizer, make_optimizer
 from .resume import resume_state
@@ -317,7 +317,11 @@ def _final_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, checkpoints: C
     test_card = {k: metrics["test"][k] for k in ("accuracy", "loss")} if "test" in metrics else None
     write_card(run.checkpoints, prep.card.replace(best=metrics["best"], test=test_card))
     if cfg.report:
-        _write_report(cfg, run, prep, best_state, best_step, history)
+        try:
+            _write_report(cfg, run, prep, best_state, best_step, history)
+        except (ValueError, OSError) as e:  # the run is done and saved: a report that fails is a warning
+            log.warning("report.html not written: %s", e)
+        barrier("jaxnets-report")  # the other processes wait while process 0 scores the split
     return metrics
 
 

@@ -31,8 +31,8 @@ CHECKPOINTS = "checkpoints"
 _OURS_IN_CHECKPOINTS = re.compile(r"^(\.model_card\.json\.\d+\.tmp|\.jaxnets-saving|\.\.jaxnets-saving\.\d+\.tmp)$")
 _ORBAX_TMP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp(-\d+)?$")
 # in the run directory: a write cut short by a kill, checkpoints being deleted by --overwrite
-_OURS_IN_RUN = re.compile(r"^(\.(config|split|history|curves|metrics)\.[a-z]+\.\d+\.tmp|\.\.jaxnets-run\.json\.\d+\.tmp"
-                          r"|\.jaxnets-old-checkpoints)$")
+_OURS_IN_RUN = re.compile(r"^(\.(" + "|".join(re.escape(n) for n in RUN_FILES) + r")\.\d+\.tmp"
+                          r"|\.\.jaxnets-run\.json\.\d+\.tmp|\.jaxnets-old-checkpoints)$")
 OLD_CHECKPOINTS = ".jaxnets-old-checkpoints"
 
 
