@@ -147,7 +147,8 @@ class Checkpoints:
             read_only=read_only,
             **({} if read_only else {"todelete_subdir": TRASH}),
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("model", "train", "meta"))
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("model", "train", "meta", "ema"))
         if not read_only and is_primary():
             (self.directory / TRASH).mkdir(exist_ok=True)
             (self.directory / TRASH / TRASH_TOKEN).touch()
@@ -161,9 +162,11 @@ class Checkpoints:
             _write_atomic(self.directory / SAVING, str(step).encode())
         model = {"params": state.params, "batch_stats": state.batch_stats}
         train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+        # the weights' moving average, when the run keeps one, is an item of its own: inference reads it alone
+        average = {"ema": ocp.args.StandardSave(state.ema)} if state.ema else {}
         self.manager.save(step, args=ocp.args.Composite(
             model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(train), meta=ocp.args.JsonSave(meta),
-        ), metrics=metrics)
+            **average), metrics=metrics)
         self.manager.wait_until_finished()
         if primary:
             for name, data in (extra_files or {}).items():
@@ -209,20 +212,24 @@ class Checkpoints:
         model_t = {"params": template.params, "batch_stats": template.batch_stats}
         train_t = {"opt_state": template.opt_state, "step": template.step, "rng": template.rng}
         verify_step(self.step_dir(step))
+        average = {"ema": ocp.args.StandardRestore(template.ema)} if template.ema else {}
         got = self.manager.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore(model_t), train=ocp.args.StandardRestore(train_t),
-            meta=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(), **average,
         ))
         state = template.replace(params=got.model["params"], batch_stats=got.model["batch_stats"],
-                                 opt_state=got.train["opt_state"], step=got.train["step"], rng=got.train["rng"])
+                                 opt_state=got.train["opt_state"], step=got.train["step"], rng=got.train["rng"],
+                                 ema=got["ema"] if template.ema else template.ema)
         return state, dict(got.meta)
 
-    def restore_variables(self, which: str | int = "best", template: dict | None = None) -> tuple[dict, int]:
-        """(params/batch_stats, step) for inference; nothing of the optimizer is read."""
+    def restore_variables(self, which: str | int = "best", template: dict | None = None,
+                          item: str = "model") -> tuple[dict, int]:
+        """(params/batch_stats, step) for inference from `item` ("model", or "ema" for the weights' average);
+        nothing of the optimizer is read."""
         step = self.resolve(which)
         verify_step(self.step_dir(step))
-        got = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(_here(template))))
-        return got.model, step
+        got = self.manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(_here(template))}))
+        return got[item], step
 
     def close(self) -> None:
         self.manager.close()

@@ -1,4 +1,4 @@
-"""The `jaxnets` command: train | evaluate | predict | convert | export | package | serve | bench."""
+"""The `jaxnets` command: train | evaluate | predict | lr-find | convert | export | package | serve | bench."""
 
 from __future__ import annotations
 
@@ -29,10 +29,15 @@ def _add_train(sub) -> None:
 
     settings = {**FINETUNE_RECIPE, **FINETUNE_RECIPE["optim"]}
     recipe = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k != "optim")
+    from .train.recipes import describe_recipes
+
     p = sub.add_parser("train", help="train a model; keeps the best and latest checkpoints",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a registered model on a dataset. Example: "
-                                   "jaxnets train --model lenet5 --data digits --out runs/digits. "
-                                   f"With --pretrained, the options not given default to the fine-tuning recipe: "
+                                   "jaxnets train --model lenet5 --data digits --out runs/digits.\n"
+                                   "The options not given come from the model family's recipe (the defaults "
+                                   "shown below each option are the bare ones):\n" + describe_recipes() + "\n"
+                                   "With --pretrained, they come from the fine-tuning recipe instead: "
                                    f"{recipe}, --freeze-epochs 1, --backbone-lr-mult 0.1.")
     add_config_arguments(p, TrainConfig)
     group = p.add_argument_group("several processes (jax.distributed; without these, JAX's own cluster detection: "
@@ -41,6 +46,39 @@ def _add_train(sub) -> None:
     group.add_argument("--num-processes", type=positive_int, default=None, help="how many processes train together")
     group.add_argument("--process-id", type=int, default=None, help="this process's number, 0 … N-1")
     p.set_defaults(func=_train)
+
+
+def _add_lr_find(sub) -> None:
+    from .options import add_config_arguments
+    from .train.config import TrainConfig
+
+    p = sub.add_parser("lr-find", help="the learning-rate range test: loss against lr, and a suggested lr",
+                       description="Trains from the initial weights for --steps steps while the learning rate grows "
+                                   "exponentially from --start to --end, and suggests the lr where the smoothed "
+                                   "loss falls fastest. Takes the options of `train` (the same recipe defaults); "
+                                   "writes nothing but the --plot file. Example: jaxnets lr-find --model resnet18 "
+                                   "--data photos/ --plot lr.png")
+    add_config_arguments(p, TrainConfig)
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate")
+    p.add_argument("--end", type=float, default=10.0, help="last learning rate")
+    p.add_argument("--steps", type=positive_int, default=100, help="steps of the test (one lr each)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="write the curve here (never over a file)")
+    p.set_defaults(func=_lr_find)
+
+
+def _lr_find(args) -> int:
+    from .train.lrfind import lr_find, plot_png
+
+    if args.plot is not None:
+        _refuse_existing(Path(args.plot), "--plot")
+    cfg, _ = _train_config(args)
+    result = lr_find(cfg.validate(), start=args.start, end=args.end, steps=args.steps)
+    if args.plot is not None:
+        with open(args.plot, "xb") as f:
+            f.write(plot_png(result, f"{cfg.model} on {cfg.data}, {cfg.optim.optimizer}"))
+    print(f"suggested lr {result.suggestion:.3g} (steepest descent of the smoothed loss; {len(result.losses)} steps, "
+          f"lowest loss {float(result.smoothed.min()):.4f} at lr {float(result.lrs[result.smoothed.argmin()]):.3g})")
+    return 0
 
 
 def _add_convert(sub) -> None:
@@ -93,8 +131,13 @@ def _train_config(args):
     saved = saved_config(top.get("out", TrainConfig.out)) if top.get("resume") else None
     if saved is not None:  # how the saved run was started (--overwrite, --quiet) is not part of what it is
         saved = dataclasses.replace(saved, resume=False, overwrite=False, quiet=False)
-    # --pretrained alone brings the fine-tuning recipe
-    base = TrainConfig.finetuning() if saved is None and top.get("pretrained") else saved
+    # --pretrained alone brings the fine-tuning recipe; otherwise the model family's recipe fills the gaps
+    if saved is not None:
+        base = saved
+    elif top.get("pretrained"):
+        base = TrainConfig.finetuning()
+    else:
+        base = TrainConfig.recommended(top.get("model", TrainConfig.model))
     cfg = from_options(top, nested.get("optim", {}), _model_options(model), base=base)
     diff = changes(saved, cfg) if saved is not None else []
     note = f"resuming {cfg.out}" + (f" with {'; '.join(diff)}" if diff else " with its saved options")
@@ -352,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_lr_find(sub)
     _add_convert(sub)
     _add_export(sub)
     from . import bench, service_cli  # their heavy imports happen inside the commands, not here

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from .trivial import _one as trivial_one
+
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -24,6 +26,7 @@ class AugmentSpec:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
+    trivial: bool = False  # then one TrivialAugmentWide operation per image (data/trivial.py)
 
     @property
     def is_identity(self) -> bool:
@@ -38,6 +41,8 @@ PRESETS = {
     # the classic AlexNet/VGG course recipe
     "classic": AugmentSpec(crop_scale=(0.8, 1.0), crop_ratio=(0.9, 1.1), flip=0.5, rotation=10.0,
                            brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05),
+    # photos trained from scratch: random resized crops, mirroring, then TrivialAugmentWide (data/trivial.py)
+    "trivial": AugmentSpec(crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=0.5, trivial=True),
 }
 
 
@@ -131,6 +136,8 @@ def augment_batch(images, key, spec: AugmentSpec):
         geometric = spec.crop_scale != (1.0, 1.0) or spec.crop_ratio != (1.0, 1.0) or spec.flip or spec.rotation
         if geometric:
             img = _geometry(img, kg, spec)
+        if spec.trivial:
+            img = trivial_one(img, jax.random.fold_in(kc, 1))
         return _colour(img, kc, spec)
 
     return jax.vmap(one)(images, keys)

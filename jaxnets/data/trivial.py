@@ -64,7 +64,7 @@ def _autocontrast(img):
 
 def _affine(img, op, m):
     """Shear, translate or rotate (or nothing) by magnitude m ∈ [-1, 1], one bilinear resample about the centre."""
-    from .augment import _bilinear
+    from .augment import _bilinear  # one sampler for all geometry (imported here: augment imports this module)
 
     h, w, _ = img.shape
     shear, shift, angle = 0.99 * m, m * (32.0 / 224.0), jnp.deg2rad(135.0 * m)

@@ -24,6 +24,17 @@ def loss_and_predictions(logits, labels, binary: bool, label_smoothing: float = 
     return loss, jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
+def soft_loss_and_predictions(logits, targets, binary: bool, label_smoothing: float = 0.0):
+    """Per-example loss against target probabilities (MixUp/CutMix): [B, K] for softmax, P(class 1) [B] for the
+    one-logit head; label smoothing towards the uniform distribution, as for integer labels."""
+    if binary:
+        logit = logits[:, 0]
+        target = targets * (1 - label_smoothing) + 0.5 * label_smoothing
+        return optax.sigmoid_binary_cross_entropy(logit, target), (logit > 0).astype(jnp.int32)
+    target = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
+    return optax.softmax_cross_entropy(logits, target), jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
 def jax_one_hot(labels, n):
     return (labels[:, None] == jnp.arange(n)[None, :]).astype(jnp.float32)
 

@@ -47,6 +47,11 @@ def verified_step(checkpoints: Checkpoints, card: ModelCard, which: str | int) -
     return step
 
 
+def uses_weight_average(card: ModelCard) -> bool:
+    """Whether the run kept an exponential moving average of its weights (then it is what users get)."""
+    return bool((card.train_config or {}).get("ema"))
+
+
 def restore_model(path: str | Path, which: str | int = "best") -> tuple[Any, dict, ModelCard, int]:
     """(model, variables, card, step) of a checkpoint, its files verified; nothing of the optimizer is read."""
     directory = find_checkpoint_dir(path)
@@ -57,10 +62,11 @@ def restore_model(path: str | Path, which: str | int = "best") -> tuple[Any, dic
         raise CheckpointError(f"{directory / MODEL_CARD}: {e}") from None
     template = jax.eval_shape(lambda: init_variables(model, card.input_shape, 0))
     template = {"params": template["params"], "batch_stats": template.get("batch_stats", {})}
+    item = "ema" if uses_weight_average(card) else "model"  # a run with --ema is evaluated and served with it
     checkpoints = Checkpoints(directory, card.monitor, read_only=True)
     try:
         step = verified_step(checkpoints, card, which)
-        restored, step = checkpoints.restore_variables(step, template)
+        restored, step = checkpoints.restore_variables(step, template, item)
     finally:
         checkpoints.close()
     variables = {"params": restored["params"]}

@@ -19,6 +19,7 @@ from ..models.layers import choose
 from .optim import FineTune, OptimConfig
 
 LOSSES = ("auto", "bce", "softmax")
+CLASS_WEIGHTS = ("none", "auto")
 # What `--pretrained` brings for the options not given: a short run with a warm-up, the head at lr and the
 # backbone at a tenth of it after one frozen epoch, decoupled weight decay, mirrored crops and mild colour, and
 # the photo's centre rather than a stretched photo (ImageNet weights never saw stretched objects).
@@ -61,8 +62,19 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"cli": True})  # its fields are options
     loss: str = option("auto", "auto: one logit + BCE for 2 classes, softmax cross-entropy otherwise",
                        choices=lambda: LOSSES)
-    label_smoothing: float = option(0.0, "label smoothing for the softmax loss")
-    augment: str = option("none", "augmentation preset (run inside the jitted step)", choices=lambda: PRESETS)
+    label_smoothing: float = option(0.0, "label smoothing (softmax and one-logit heads)")
+    augment: str = option("none", "augmentation preset (run inside the jitted step; trivial = random resized crop, "
+                                  "flip and TrivialAugmentWide)", choices=lambda: PRESETS)
+    mixup: float = option(0.0, "MixUp: Beta(alpha, alpha) of the mixing weight; 0 = off")
+    cutmix: float = option(0.0, "CutMix: Beta(alpha, alpha) of the kept area; 0 = off (with MixUp: one of the two "
+                                "per batch, each half of the time)")
+    erase: float = option(0.0, "random erasing: probability that an image gets a rectangle of noise")
+    ema: float = option(0.0, "decay of an exponential moving average of the weights, evaluated, checkpointed and "
+                             "served instead of them (e.g. 0.999); 0 = off")
+    accumulate: int = option(1, "accumulate gradients over this many batches before an update (optax.MultiSteps): "
+                                "an effective batch of --batch-size × this")
+    class_weights: str = option("none", "auto: weigh each class's loss by its inverse frequency (imbalanced data)",
+                                choices=lambda: CLASS_WEIGHTS)
     dtype: str = option("float32", "compute dtype (parameters stay float32)", choices=lambda: DTYPES)
     pretrained: str | None = option(None, "start from pretrained weights: a jaxnets run, a .pth/.safetensors file, a "
                                           "URL, torchvision:MODEL or timm:MODEL.TAG (alone, it also brings the "
@@ -92,6 +104,16 @@ class TrainConfig:
         top = {k: v for k, v in FINETUNE_RECIPE.items() if k != "optim"}
         return cls(**{**top, **options}, optim=optim)
 
+    @classmethod
+    def recommended(cls, model: str = "lenet5", **options: Any) -> TrainConfig:
+        """The model family's recipe (train/recipes.py) with `options` over it: what `jaxnets train --model M`
+        uses for the options not given. The Python API's plain `TrainConfig(...)` keeps the bare defaults."""
+        from .recipes import recipe_for
+
+        recipe = recipe_for(model)
+        optim = dataclasses.replace(OptimConfig(), **recipe.pop("optim", {}), **options.pop("optim", {}))
+        return cls(**{**recipe, "model": model, **options}, optim=optim)
+
     def finetune(self) -> FineTune | None:
         """The two-phase schedule of a pretrained start (None when the run starts from scratch)."""
         if not self.pretrained:
@@ -120,8 +142,19 @@ class TrainConfig:
         choose({m: m for m in RESIZE_MODES}, self.resize, "resize mode")
         if self.normalize is not None:
             choose(NORMALIZATIONS, self.normalize, "normalisation")
-        for name in ("val_split", "test_split", "label_smoothing"):
+        for name in ("val_split", "test_split", "label_smoothing", "ema"):
             _fraction(name, getattr(self, name))
+        for name in ("mixup", "cutmix"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 100):
+                raise ValueError(f"{name} must be a Beta alpha in [0, 100] (0 = off), got {value!r}")
+        if not (isinstance(self.erase, (int, float)) and 0 <= self.erase <= 1):
+            raise ValueError(f"erase must be a probability in [0, 1], got {self.erase!r}")
+        _positive_int("accumulate", self.accumulate)
+        if self.accumulate > 1 and self.pretrained:
+            raise ValueError("accumulate applies to runs from scratch; a fine-tune's two-phase optimizer does not "
+                             "take it yet: drop --accumulate or --pretrained")
+        choose({x: x for x in CLASS_WEIGHTS}, self.class_weights, "class weights")
         if self.val_split + self.test_split >= 1:
             raise ValueError(f"val_split + test_split must leave data to train on, got {self.val_split} + "
                              f"{self.test_split}")

@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import MODEL_CARD, Checkpoints
 from ..data.augment import get_augment
-from ..data.dataset import Splits
+from ..data.dataset import Dataset, Splits
 from ..data.loader import Loader
+from ..data.mix import MixSpec
 from ..data.record import data_root, fingerprint, split_record
 from ..data.sources import load_dataset
 from ..inference.card import ModelCard, card_bytes
@@ -46,7 +47,7 @@ from .config import TrainConfig
 from .optim import FineTune, current_lr, finetune_optimizer, make_optimizer
 from .resume import resume_state
 from .rundir import RunDir
-from .state import TrainState, create_state
+from .state import TrainState, create_state, fresh_ema
 from .steps import StepConfig, make_eval_step, make_head_step, make_train_step
 
 log = logging.getLogger("jaxnets.train")
@@ -79,7 +80,7 @@ def _binary(cfg: TrainConfig, num_classes: int) -> bool:
 
 
 def _score(prep: _Prepared, state: TrainState, loader: Loader) -> dict[str, Any]:
-    return score(prep.eval_step, state.variables, loader.epoch(0))
+    return score(prep.eval_step, state.eval_variables, loader.epoch(0))
 
 
 def _write_history(run: RunDir, history: list[dict[str, float]]) -> None:
@@ -131,6 +132,7 @@ class _Prepared:
     card: ModelCard
     head_step: Any = None  # a fine-tune's step while its backbone is frozen
     finetune: FineTune | None = None
+    step_config: StepConfig | None = None
 
     def step_for(self, epoch: int) -> Any:
         """The step of `epoch` (0-based): the head alone while the backbone is frozen, then the whole network."""
@@ -164,13 +166,17 @@ def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
     if finetune:
         tx, head_tx, schedule = finetune_optimizer(cfg.optim, train_loader.steps_per_epoch, cfg.epochs, finetune)
     else:
-        (tx, schedule), head_tx = make_optimizer(cfg.optim, train_loader.steps_per_epoch, cfg.epochs), None
+        (tx, schedule), head_tx = make_optimizer(cfg.optim, train_loader.steps_per_epoch, cfg.epochs,
+                                                 accumulate=cfg.accumulate), None
     model_options = {**cfg.model_options, "dtype": cfg.dtype}
     num_outputs = 1 if binary else len(classes)
-    model, state = create_state(cfg.model, num_outputs, model_options, spec.shape, tx, cfg.seed, train_loader.mesh)
+    model, state = create_state(cfg.model, num_outputs, model_options, spec.shape, tx, cfg.seed, train_loader.mesh,
+                                ema=cfg.ema > 0)
     if cfg.pretrained and not _will_resume(cfg):
         state = _start_from_pretrained(cfg, state, spec.channels, train_loader.mesh, quiet)
-    step_cfg = StepConfig(spec, len(classes), binary, cfg.label_smoothing, get_augment(cfg.augment))
+    step_cfg = StepConfig(spec, len(classes), binary, cfg.label_smoothing, get_augment(cfg.augment),
+                          MixSpec(cfg.mixup, cfg.cutmix), cfg.erase, _class_weights(cfg, splits.train, classes),
+                          cfg.ema)
     card = ModelCard(model=cfg.model, model_options=model_options, classes=tuple(classes), binary=binary,
                      preprocess=spec, monitor=cfg.monitor, train_config=cfg.to_dict())
     head_step = make_head_step(model, head_tx, step_cfg) if finetune and finetune.head_only(0) else None
@@ -179,7 +185,20 @@ def _prepare(cfg: TrainConfig, splits: Splits | None, quiet: bool) -> _Prepared:
                     "trains; resume with more --epochs to train the rest", cfg.epochs, finetune.freeze_epochs)
     return _Prepared(splits, train_loader, loader(splits.val, False), loader(splits.test, False), state,
                      make_train_step(model, tx, step_cfg), make_eval_step(model, step_cfg), schedule, card,
-                     head_step, finetune)
+                     head_step, finetune, step_cfg)
+
+
+def _class_weights(cfg: TrainConfig, train: Dataset, classes: list[str]) -> tuple[float, ...] | None:
+    """Inverse-frequency weights N / (K × n_c) with --class-weights auto (scikit-learn's "balanced": the mean
+    weight over the training examples is 1); a warning when the classes are imbalanced and nothing is done."""
+    counts = np.bincount(np.asarray(train.labels), minlength=len(classes)).astype(np.float64)
+    if cfg.class_weights == "auto":
+        return tuple(float(len(train) / (len(classes) * max(c, 1))) for c in counts)
+    if counts.min() > 0 and counts.max() / counts.min() >= 3 and is_primary():
+        rare = classes[int(counts.argmin())]
+        log.warning("imbalanced classes: %d images of %r against %d of %r; consider --class-weights auto",
+                    int(counts.min()), rare, int(counts.max()), classes[int(counts.argmax())])
+    return None
 
 
 def write_card(directory: Path, card: ModelCard) -> None:
@@ -204,6 +223,8 @@ def _start_from_pretrained(cfg: TrainConfig, state: TrainState, channels: int, m
         for line in lines:
             print(f"pretrained {line}", file=sys.stderr)
     loaded = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+    if state.ema:  # the average starts at the imported weights
+        loaded = loaded.replace(ema=fresh_ema(loaded.params, loaded.batch_stats))
     return jax.device_put(loaded, replicated(mesh))
 
 
@@ -337,7 +358,8 @@ def _write_report(cfg: TrainConfig, run: RunDir, prep: _Prepared, best: TrainSta
 
     splits = prep.splits
     ds, which = (splits.test, "test") if len(splits.test) else (splits.val, "validation")
-    variables = multihost_utils.process_allgather(best.variables, tiled=True) if multi_process() else best.variables
+    variables = best.eval_variables
+    variables = multihost_utils.process_allgather(variables, tiled=True) if multi_process() else variables
     if not len(ds) or not is_primary():
         return
     card = prep.card

@@ -90,10 +90,14 @@ class FineTune:
         return epoch < self.freeze_epochs or not self.backbone_lr_mult
 
 
-def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int, finetune: FineTune | None = None
-                   ) -> tuple[optax.GradientTransformationExtraArgs, Callable[[int], float]]:
+def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int, finetune: FineTune | None = None,
+                   accumulate: int = 1) -> tuple[optax.GradientTransformationExtraArgs, Callable[[int], float]]:
     """(optimizer, schedule of the head): one optimizer over all parameters, or, with `finetune`, the one of
-    `finetune_optimizer`."""
+    `finetune_optimizer`. With `accumulate` > 1 the optimizer is optax.MultiSteps: gradients averaged over that
+    many batches, one update (and one schedule step) per group; the schedule returned takes batch steps."""
+    if finetune is None and accumulate > 1:
+        tx, schedule = _single_optimizer(cfg, max(1, steps_per_epoch // accumulate), epochs)
+        return optax.MultiSteps(tx, every_k_schedule=accumulate), lambda step: schedule(step // accumulate)
     if finetune is None:
         return _single_optimizer(cfg, steps_per_epoch, epochs)
     tx, _, schedule = finetune_optimizer(cfg, steps_per_epoch, epochs, finetune)

@@ -75,12 +75,19 @@ def _check_optimizer_fits(run: RunDir, saved_config: dict[str, Any], cfg: TrainC
     """The saved optimizer state must have the structure the new options build (orbax's own error is a tree)."""
     saved_cfg = TrainConfig.from_dict(saved_config)
     saved_optim = saved_cfg.optim
-    tx, _ = make_optimizer(saved_optim, steps_per_epoch, saved_cfg.epochs, saved_cfg.finetune())
+    if (saved_cfg.ema > 0) != (cfg.ema > 0):
+        raise _refuse(run, "--ema", f"saved {saved_cfg.ema!r}, now {cfg.ema!r}: the average is on in one and off "
+                                    "in the other")
+    tx, _ = make_optimizer(saved_optim, steps_per_epoch, saved_cfg.epochs, saved_cfg.finetune(),
+                           saved_cfg.accumulate)
     saved_structure = jax.tree.structure(jax.eval_shape(tx.init, state.params))
     if saved_structure != jax.tree.structure(state.opt_state):
         fields = ("optimizer", "clip_norm", "weight_decay", "schedule")
         diffs = "; ".join(f"{k}: saved {getattr(saved_optim, k)!r}, now {getattr(cfg.optim, k)!r}" for k in fields
                           if getattr(saved_optim, k) != getattr(cfg.optim, k))
+        if saved_cfg.accumulate != cfg.accumulate:
+            change = f"accumulate: saved {saved_cfg.accumulate!r}, now {cfg.accumulate!r}"
+            diffs = f"{diffs}; {change}" if diffs else change
         if (saved_cfg.pretrained is None) != (cfg.pretrained is None):
             start = f"pretrained: saved {saved_cfg.pretrained!r}, now {cfg.pretrained!r}"
             diffs = f"{start}; {diffs}" if diffs else start

@@ -13,8 +13,10 @@ import optax
 
 from .. import runtime
 from ..data.augment import AugmentSpec, augment_batch
+from ..data.erase import random_erase
+from ..data.mix import MixSpec, mix_batch, soft_targets
 from ..data.preprocess import PreprocessSpec, normalize, to_unit
-from ..inference.metrics import loss_and_predictions, summed
+from ..inference.metrics import loss_and_predictions, soft_loss_and_predictions, summed
 from ..inference.scoring import make_eval_step as inference_eval_step
 from .state import TrainState
 
@@ -26,37 +28,82 @@ class StepConfig:
     binary: bool
     label_smoothing: float = 0.0
     augment: AugmentSpec = field(default_factory=AugmentSpec)
+    mix: MixSpec = field(default_factory=MixSpec)
+    erase: float = 0.0  # random-erasing probability
+    class_weights: tuple[float, ...] | None = None  # one per class, multiplying each example's loss
+    ema: float = 0.0  # decay of the weights' moving average (0: none)
+
+
+def example_weights(targets: jax.Array, class_weights: tuple[float, ...] | None, binary: bool) -> jax.Array:
+    """Each example's loss weight: its class's weight, or the mix of its classes' weights for mixed targets."""
+    if class_weights is None:
+        return jnp.ones(targets.shape[0], jnp.float32)
+    w = jnp.asarray(class_weights, jnp.float32)
+    return (1 - targets) * w[0] + targets * w[1] if binary else targets @ w
+
+
+def ema_decay(decay: float, step: jax.Array) -> jax.Array:
+    """The decay used at `step` (0-based): min(decay, (1 + step) / (10 + step)), so that the early average is not
+    dominated by the initial weights (TensorFlow's ExponentialMovingAverage with num_updates)."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1 + step) / (10 + step))
+
+
+def _inputs(state: TrainState, batch, cfg: StepConfig):
+    """(normalised images, target probabilities, dropout key): augmentation, MixUp/CutMix and erasing, all on
+    device and all from the state's key and step."""
+    key = jax.random.fold_in(state.rng, state.step)
+    aug_key, dropout_key, mix_key, erase_key = jax.random.split(key, 4)
+    images = augment_batch(to_unit(batch["image"]), aug_key, cfg.augment)
+    targets = soft_targets(batch["label"], cfg.num_classes, cfg.binary)
+    images, targets, _ = mix_batch(images, targets, batch["mask"], mix_key, cfg.mix)
+    x = random_erase(normalize(images, cfg.spec), batch["mask"], erase_key, cfg.erase)
+    return x, targets, dropout_key
 
 
 def make_train_step(model, tx, cfg: StepConfig) -> Callable:
     """train_step(state, batch) → (state, metric sums). The state is donated: updated in place."""
+    soft = not cfg.mix.is_identity or cfg.class_weights is not None
 
     def train_step(state: TrainState, batch):
-        key = jax.random.fold_in(state.rng, state.step)
-        aug_key, dropout_key = jax.random.split(key)
-        x = normalize(augment_batch(to_unit(batch["image"]), aug_key, cfg.augment), cfg.spec)
+        x, targets, dropout_key = _inputs(state, batch, cfg)
         mask = batch["mask"]
         count = jnp.maximum(jnp.sum(mask), 1)
         has_bn = bool(state.batch_stats)
+        weights = example_weights(targets, cfg.class_weights, cfg.binary)
 
         def loss_fn(params):
             variables = {"params": params, **({"batch_stats": state.batch_stats} if has_bn else {})}
             out = model.apply(variables, x, train=True, rngs={"dropout": dropout_key},
                               mutable=["batch_stats"] if has_bn else False)
             logits, updates = out if has_bn else (out, {})
-            loss, preds = loss_and_predictions(logits, batch["label"], cfg.binary, cfg.label_smoothing)
+            if soft:
+                loss, preds = soft_loss_and_predictions(logits, targets, cfg.binary, cfg.label_smoothing)
+            else:
+                loss, preds = loss_and_predictions(logits, batch["label"], cfg.binary, cfg.label_smoothing)
+            loss = loss * weights
             return jnp.sum(loss * mask) / count, (loss, preds, updates)
 
         (mean_loss, (loss, preds, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         param_updates, opt_state = tx.update(grads, state.opt_state, state.params, value=mean_loss)
         params = optax.apply_updates(state.params, param_updates)
-        new_state = state.replace(
-            params=params, opt_state=opt_state, step=state.step + 1,
-            batch_stats=updates.get("batch_stats", state.batch_stats),
-        )
+        batch_stats = updates.get("batch_stats", state.batch_stats)
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, batch_stats=batch_stats,
+                                  ema=_updated_ema(state, params, batch_stats, opt_state, cfg.ema))
         return new_state, summed(loss, preds, batch["label"], mask)
 
     return runtime.jit(train_step, donate_argnums=0)
+
+
+def _updated_ema(state: TrainState, params, batch_stats, opt_state, decay: float):
+    """The weights' average after this step: moved only when the weights moved (not on the inner steps of a
+    gradient accumulation), with the warm-up of `ema_decay`."""
+    if not state.ema:
+        return state.ema
+    d = ema_decay(decay, state.step)
+    moved = opt_state.mini_step == 0 if isinstance(opt_state, optax.MultiStepsState) else True  # a group ended
+    new = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema, {"params": params, "batch_stats": batch_stats})
+    return jax.tree.map(lambda n, e: jnp.where(moved, n, e), new, state.ema)
 
 
 def make_head_step(model, head_tx, cfg: StepConfig) -> Callable:

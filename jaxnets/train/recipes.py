@@ -1,0 +1,64 @@
+"""Per-model training defaults: what `jaxnets train --model M --data D` uses for every option not given.
+
+Each family gets the recipe that fits the data it is meant for and its size:
+* logistic regression and the MLPs — small grey images (digits, MNIST): Adam(W) with warm-up and cosine decay,
+  light geometric augmentation (no mirroring: a mirrored digit is another symbol), label smoothing.
+* LeNet-5 — digits and MNIST: the same, a smaller batch (more steps on 1,437 digits), 30 epochs.
+* AlexNet, VGG, ResNet — photos trained from scratch on a few thousand images, where overfitting is the
+  enemy: random resized crops, flips and TrivialAugmentWide, MixUp/CutMix, random erasing, label smoothing,
+  AdamW with weight decay 0.05, a warm-up (VGG without BatchNorm needs a lower rate and a longer one to leave
+  chance level), a weight average (EMA) for evaluation, and long cosine runs (after timm's "ResNet strikes
+  back" procedures, scaled down to small data sets).
+The recipes are plain dictionaries of TrainConfig fields (and "optim" for OptimConfig's); `--help` prints them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["MODEL_RECIPES", "describe_recipes", "recipe_for"]
+
+_SMALL_GREY: dict[str, Any] = {
+    "epochs": 30, "batch_size": 64, "augment": "light", "label_smoothing": 0.1,
+    "optim": {"optimizer": "adamw", "lr": 1e-3, "schedule": "warmup_cosine", "warmup_epochs": 1.0,
+              "weight_decay": 1e-4},
+}
+_PHOTOS: dict[str, Any] = {
+    "epochs": 60, "batch_size": 64, "augment": "trivial", "label_smoothing": 0.1, "mixup": 0.2, "cutmix": 1.0,
+    "erase": 0.25, "ema": 0.998,
+    "optim": {"optimizer": "adamw", "lr": 2e-3, "schedule": "warmup_cosine", "warmup_epochs": 3.0,
+              "weight_decay": 0.05},
+}
+
+MODEL_RECIPES: dict[str, dict[str, Any]] = {
+    "logistic_regression": {**_SMALL_GREY, "epochs": 20, "augment": "none", "label_smoothing": 0.0,
+                            "optim": {**_SMALL_GREY["optim"], "lr": 3e-3}},
+    "shallow_mlp": _SMALL_GREY,
+    "mlp": _SMALL_GREY,
+    "lenet5": {**_SMALL_GREY, "batch_size": 32, "optim": {**_SMALL_GREY["optim"], "lr": 2e-3}},
+    "alexnet": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 1e-3}},
+    "vgg": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 5e-4, "warmup_epochs": 5.0}},
+    "vgg_bn": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 1e-3}},
+    "resnet": _PHOTOS,
+}
+
+
+def recipe_for(model: str) -> dict[str, Any]:
+    """The recipe of `model`'s family (a copy; {} for a model without one)."""
+    if model.startswith("vgg"):
+        key = "vgg_bn" if model.endswith("_bn") else "vgg"
+    elif model.startswith("resnet"):
+        key = "resnet"
+    else:
+        key = model
+    recipe = MODEL_RECIPES.get(key, {})
+    return {**recipe, "optim": dict(recipe.get("optim", {}))} if recipe else {}
+
+
+def describe_recipes() -> str:
+    """One line per family, as command-line options (for `jaxnets train --help`)."""
+    lines = []
+    for family, recipe in MODEL_RECIPES.items():
+        flat = {**{k: v for k, v in recipe.items() if k != "optim"}, **recipe.get("optim", {})}
+        lines.append(f"  {family}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flat.items()))
+    return "\n".join(lines)
