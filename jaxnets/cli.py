@@ -71,6 +71,8 @@ def _lr_find(args) -> int:
 
     if args.plot is not None:
         _refuse_existing(Path(args.plot), "--plot")
+    if getattr(args, "resume", False) or getattr(args, "overwrite", False):
+        raise ValueError("lr-find writes no run: --resume and --overwrite do not apply (give the options instead)")
     cfg, _ = _train_config(args)
     result = lr_find(cfg.validate(), start=args.start, end=args.end, steps=args.steps)
     if args.plot is not None:
@@ -137,7 +139,9 @@ def _train_config(args):
     elif top.get("pretrained"):
         base = TrainConfig.finetuning()
     else:
-        base = TrainConfig.recommended(top.get("model", TrainConfig.model))
+        base = TrainConfig.recommended(top.get("model", TrainConfig.model),
+                                       optim={k: v for k, v in nested.get("optim", {}).items()
+                                              if k in ("optimizer", "weight_decay")})
     cfg = from_options(top, nested.get("optim", {}), _model_options(model), base=base)
     diff = changes(saved, cfg) if saved is not None else []
     note = f"resuming {cfg.out}" + (f" with {'; '.join(diff)}" if diff else " with its saved options")

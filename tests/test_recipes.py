@@ -211,3 +211,47 @@ def test_lenet5_with_the_cli_defaults_reaches_97_percent_on_the_digits(tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["epochs"] == 30 and config["optim"]["optimizer"] == "adamw"  # the recipe, not the bare defaults
     assert json.loads((out / "metrics.json").read_text())["test"]["accuracy"] >= 0.97
+
+
+def test_equalize_matches_pil():
+    from PIL import Image, ImageOps
+
+    from jaxnets.data.trivial import _equalize
+
+    rng = np.random.default_rng(0)
+    cases = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+             np.where(rng.random((16, 16, 1)) < 0.75, 0, 255).astype(np.uint8),  # a digit's black background
+             np.full((8, 8, 1), 77, np.uint8)]  # a constant channel stays as it is
+    for image in cases:
+        ours = np.round(np.asarray(_equalize(jnp.asarray(image / 255, jnp.float32))) * 255).astype(np.uint8)
+        pil = np.asarray(ImageOps.equalize(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)))
+        np.testing.assert_array_equal(ours.reshape(pil.shape), pil)
+
+
+def test_the_average_moves_only_when_an_accumulated_update_is_applied():
+    accumulate = optax.MultiSteps(optax.sgd(0.5), every_k_schedule=2)
+    model, state = _tiny_state(accumulate, ema=True)
+    step = make_train_step(model, accumulate, StepConfig(SPEC, 3, False, ema=0.5))
+    start = np.asarray(state.ema["params"]["Dense_0"]["kernel"]).copy()
+    state, _ = step(state, _batch(4, 0))
+    np.testing.assert_array_equal(np.asarray(state.ema["params"]["Dense_0"]["kernel"]), start)  # inside a group
+    state, _ = step(state, _batch(4, 1))
+    assert not np.allclose(np.asarray(state.ema["params"]["Dense_0"]["kernel"]), start)  # the group's update
+
+
+def test_with_accumulation_the_schedule_counts_updates_and_still_ends_the_run():
+    from jaxnets.train.optim import OptimConfig, make_optimizer
+
+    cfg = OptimConfig(optimizer="adamw", lr=1.0, schedule="warmup_cosine", warmup_epochs=1.0)
+    _, schedule = make_optimizer(cfg, steps_per_epoch=10, epochs=10, accumulate=4)  # 100 batches, 25 updates
+    assert float(schedule(0)) == 0.0 and float(schedule(11)) == pytest.approx(1.0, abs=0.02)  # warm-up: 1 epoch
+    assert float(schedule(99)) < 0.02  # the cosine reaches its end with the run, not 20 % before it
+
+
+def test_a_recipe_gives_way_to_the_options_given():
+    from jaxnets.train.config import TrainConfig
+
+    sgd = TrainConfig.recommended("resnet18", optim={"optimizer": "momentum"})
+    assert sgd.optim.optimizer == "momentum" and sgd.optim.weight_decay == 0.0  # no AdamW-sized L2 for SGD
+    assert TrainConfig.recommended("lenet5", optim={"lr": 0.1}).optim.lr == 0.1
+    assert TrainConfig.recommended("lenet5", epochs=3).epochs == 3 and TrainConfig.recommended("lenet5").epochs == 30

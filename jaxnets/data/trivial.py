@@ -6,7 +6,7 @@ Chosen over RandAugment because it has no hyperparameter to tune (RandAugment's 
 set) and matches or beats it in the paper's comparisons: the right default for a library whose users should
 not have to tune augmentation. Differences from torchvision, on purpose: translations are a share of the image
 (up to 32/224 of its side, torchvision's wide range at 224 px) so that 32-pixel images are not pushed out of
-the frame; geometry samples the edge pixels instead of black.
+the frame; geometry samples the edge pixels instead of black, and shears about the centre (torchvision: the corner).
 
 Under `vmap` a per-image choice computes every branch and selects, so the five geometric operations share one
 affine resample and the colour ones are cheap element-wise maps (sharpness one 3×3 blur, equalize one sort).
@@ -49,12 +49,17 @@ def _sharpen(img, factor):
 
 
 def _equalize(img):
-    """Histogram equalisation per channel: each value mapped to its share of pixels at or below it."""
+    """PIL's ImageOps.equalize per channel: a look-up table from the cumulative histogram of the 256 levels,
+    step = (pixels − those at the top level) // 255, unchanged where the step is 0 (a constant channel)."""
     h, w, c = img.shape
     levels = jnp.round(img * 255).reshape(h * w, c)
     ranked = jnp.sort(levels, axis=0)
-    cdf = jax.vmap(lambda col, v: jnp.searchsorted(col, v, side="right"), in_axes=(1, 1), out_axes=1)(ranked, levels)
-    return (cdf / (h * w)).reshape(h, w, c).astype(img.dtype)
+    below = jax.vmap(lambda col, v: jnp.searchsorted(col, v, side="left"), in_axes=(1, 1), out_axes=1)(ranked, levels)
+    top = h * w - jax.vmap(lambda col: jnp.searchsorted(col, col[-1], side="left"), in_axes=1)(ranked)
+    step = (h * w - top) // 255
+    mapped = jnp.minimum((below + step // 2) // jnp.maximum(step, 1), 255)
+    out = jnp.where(step > 0, mapped, levels) / 255
+    return out.reshape(h, w, c).astype(img.dtype)
 
 
 def _autocontrast(img):
@@ -86,7 +91,7 @@ def _one(img, key):
     level = jax.random.randint(k_bin, (), 0, BINS) / (BINS - 1)  # 0 … 1
     m = level * jnp.where(jax.random.bernoulli(k_sign), -1.0, 1.0)  # signed magnitude, −1 … 1
     geometric = _affine(img, op, m)
-    bits = 8 - jnp.floor(level * 6)  # 8 … 2 bits
+    bits = 8 - jnp.round(level * 6)  # 8 … 2 bits, as torchvision's bins
     step = 2.0 ** (8 - bits)
     candidates = [
         img, geometric, geometric, geometric, geometric, geometric,

@@ -100,7 +100,7 @@ class TrainConfig:
     @classmethod
     def finetuning(cls, **options: Any) -> TrainConfig:
         """The fine-tuning recipe (FINETUNE_RECIPE) with `options` over it: what `--pretrained` alone brings."""
-        optim = dataclasses.replace(OptimConfig(), **FINETUNE_RECIPE["optim"], **options.pop("optim", {}))
+        optim = dataclasses.replace(OptimConfig(), **{**FINETUNE_RECIPE["optim"], **options.pop("optim", {})})
         top = {k: v for k, v in FINETUNE_RECIPE.items() if k != "optim"}
         return cls(**{**top, **options}, optim=optim)
 
@@ -111,7 +111,10 @@ class TrainConfig:
         from .recipes import recipe_for
 
         recipe = recipe_for(model)
-        optim = dataclasses.replace(OptimConfig(), **recipe.pop("optim", {}), **options.pop("optim", {}))
+        ours, given = recipe.pop("optim", {}), dict(options.pop("optim", {}))
+        if given.get("optimizer", ours.get("optimizer")) != ours.get("optimizer") and "weight_decay" not in given:
+            ours.pop("weight_decay", None)  # AdamW's decoupled decay would be a heavy L2 penalty for another one
+        optim = dataclasses.replace(OptimConfig(), **{**ours, **given})
         return cls(**{**recipe, "model": model, **options}, optim=optim)
 
     def finetune(self) -> FineTune | None:

@@ -59,8 +59,11 @@ def lr_find(cfg: TrainConfig, splits: Splits | None = None, start: float = 1e-7,
     from .state import create_state
     from .steps import make_train_step
 
-    if not (0 < start < end) or steps < 5:
-        raise ValueError(f"the range test needs 0 < start < end and at least 5 steps, got {start}, {end}, {steps}")
+    if not (0 < start < end) or steps < 10:
+        raise ValueError(f"the range test needs 0 < start < end and at least 10 steps, got {start}, {end}, {steps}")
+    if cfg.pretrained or cfg.accumulate > 1:
+        raise ValueError("lr-find runs from the initial weights with one update per batch: drop --pretrained and "
+                         "--accumulate (a fine-tune's recipe already sets its rates)")
     prep = _prepare(cfg, splits, quiet=True)
     lrs = start * (end / start) ** (np.arange(steps) / (steps - 1))
     schedule = lambda count: start * (end / start) ** (count / (steps - 1))  # noqa: E731
@@ -86,6 +89,11 @@ def lr_find(cfg: TrainConfig, splits: Splits | None = None, start: float = 1e-7,
     raw = np.asarray(losses)
     smoothed = _smooth(np.where(np.isfinite(raw), raw, np.nan_to_num(raw, nan=1e30, posinf=1e30)))
     index = steepest(lrs[:len(raw)], smoothed)
+    lowest = int(np.argmin(smoothed))
+    if len(raw) < 10 or lowest == 0 or smoothed[lowest] >= smoothed[0] * 0.99:
+        raise ValueError(f"the loss never fell over lr {start:g} … {float(lrs[len(raw) - 1]):g} ({len(raw)} steps, "
+                         f"first {raw[0]:.4g}, lowest {smoothed[lowest]:.4g}): no suggestion; try a lower --start, a "
+                         "higher --end or more --steps")
     return LRFindResult(lrs[:len(raw)], raw, smoothed, float(lrs[index]), index)
 
 

@@ -63,8 +63,10 @@ def _check(ok: bool, name: str, what: str, value) -> None:
         raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
-def make_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
-    total = max(1, steps_per_epoch * epochs)
+def make_schedule(cfg: OptimConfig, steps_per_epoch: float, epochs: int) -> Callable[[int], float]:
+    """The learning rate by optimizer update; `steps_per_epoch` is updates per epoch (fractional with gradient
+    accumulation: batches / K)."""
+    total = max(1, math.ceil(steps_per_epoch * epochs))
     choose({s: s for s in SCHEDULES}, cfg.schedule, "schedule")
     if cfg.schedule in ("constant", "plateau"):
         return optax.constant_schedule(cfg.lr)
@@ -74,7 +76,8 @@ def make_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> Callab
         warmup = min(total - 1, max(1, int(cfg.warmup_epochs * steps_per_epoch)))
         return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total)
     boundaries = cfg.step_epochs or tuple(sorted({max(1, epochs // 3), max(1, 2 * epochs // 3)}))
-    return optax.piecewise_constant_schedule(cfg.lr, {int(e) * steps_per_epoch: cfg.step_factor for e in boundaries})
+    return optax.piecewise_constant_schedule(
+        cfg.lr, {round(int(e) * steps_per_epoch): cfg.step_factor for e in boundaries})
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int, finetune
     `finetune_optimizer`. With `accumulate` > 1 the optimizer is optax.MultiSteps: gradients averaged over that
     many batches, one update (and one schedule step) per group; the schedule returned takes batch steps."""
     if finetune is None and accumulate > 1:
-        tx, schedule = _single_optimizer(cfg, max(1, steps_per_epoch // accumulate), epochs)
+        tx, schedule = _single_optimizer(cfg, steps_per_epoch / accumulate, epochs)
         return optax.MultiSteps(tx, every_k_schedule=accumulate), lambda step: schedule(step // accumulate)
     if finetune is None:
         return _single_optimizer(cfg, steps_per_epoch, epochs)
@@ -128,7 +131,7 @@ def finetune_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int, fine
     return optax.chain(*clip, head_half, backbone_half), optax.chain(*clip, head_half), head_schedule
 
 
-def _single_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int,
+def _single_optimizer(cfg: OptimConfig, steps_per_epoch: float, epochs: int,
                       schedule: Callable[[int], float] | None = None, clip: bool = True
                       ) -> tuple[optax.GradientTransformationExtraArgs, Callable[[int], float]]:
     """(optimizer, schedule). With "plateau", the optimizer also scales updates by
@@ -153,7 +156,8 @@ def _single_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int,
     parts.append(base)
     if cfg.schedule == "plateau":
         parts.append(contrib.reduce_on_plateau(
-            factor=cfg.plateau_factor, patience=cfg.plateau_patience, accumulation_size=steps_per_epoch
+            factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+            accumulation_size=max(1, round(steps_per_epoch))
         ))
     return optax.chain(*parts), schedule
 

@@ -75,6 +75,8 @@ def _check_optimizer_fits(run: RunDir, saved_config: dict[str, Any], cfg: TrainC
     """The saved optimizer state must have the structure the new options build (orbax's own error is a tree)."""
     saved_cfg = TrainConfig.from_dict(saved_config)
     saved_optim = saved_cfg.optim
+    if saved_cfg.accumulate != cfg.accumulate:  # the update count and a group in progress would change meaning
+        raise _refuse(run, "--accumulate", f"saved {saved_cfg.accumulate!r}, now {cfg.accumulate!r}")
     if (saved_cfg.ema > 0) != (cfg.ema > 0):
         raise _refuse(run, "--ema", f"saved {saved_cfg.ema!r}, now {cfg.ema!r}: the average is on in one and off "
                                     "in the other")

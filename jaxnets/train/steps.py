@@ -114,16 +114,22 @@ def make_head_step(model, head_tx, cfg: StepConfig) -> Callable:
     backbone's half, the last, is untouched."""
     from ..models import head_mask
 
+    soft = not cfg.mix.is_identity or cfg.class_weights is not None
+
     def head_step(state: TrainState, batch):
-        x = normalize(augment_batch(to_unit(batch["image"]), jax.random.fold_in(state.rng, state.step), cfg.augment),
-                      cfg.spec)
+        x, targets, _ = _inputs(state, batch, cfg)
         mask = batch["mask"]
         count = jnp.maximum(jnp.sum(mask), 1)
+        weights = example_weights(targets, cfg.class_weights, cfg.binary)
 
         def loss_fn(params):
             logits = model.apply({"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats
                                                         else {})}, x, train=False)
-            loss, preds = loss_and_predictions(logits, batch["label"], cfg.binary, cfg.label_smoothing)
+            if soft:
+                loss, preds = soft_loss_and_predictions(logits, targets, cfg.binary, cfg.label_smoothing)
+            else:
+                loss, preds = loss_and_predictions(logits, batch["label"], cfg.binary, cfg.label_smoothing)
+            loss = loss * weights
             return jnp.sum(loss * mask) / count, (loss, preds)
 
         (mean_loss, (loss, preds)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -132,7 +138,9 @@ def make_head_step(model, head_tx, cfg: StepConfig) -> Callable:
         head_state, backbone_state = tuple(state.opt_state[:-1]), state.opt_state[-1]
         updates, head_state = head_tx.update(grads, head_state, state.params, value=mean_loss)
         params = jax.tree.map(lambda p, u, h: p + u if h else p, state.params, updates, is_head)
-        new_state = state.replace(params=params, opt_state=(*head_state, backbone_state), step=state.step + 1)
+        opt_state = (*head_state, backbone_state)
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1,
+                                  ema=_updated_ema(state, params, state.batch_stats, opt_state, cfg.ema))
         return new_state, summed(loss, preds, batch["label"], mask)
 
     return runtime.jit(head_step, donate_argnums=0)
