@@ -175,10 +175,10 @@ def _train(args) -> int:
             os._exit(EXIT_INTERRUPTED)
         print(f"{e}. Resume with: {_resume_command(args.argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except RuntimeError as e:  # a collective whose peer is gone (a process killed, a host lost)
+    except Exception as e:  # with several processes no error may reach JAX's shutdown barrier (it aborts there)
         if not several:
             raise
-        _peer_lost(e)
+        _stop_after_error(e)
     test = result.metrics.get("test", {})
     print(f"best epoch {result.best_epoch}; test accuracy {test.get('accuracy', float('nan')):.4f}; "
           f"checkpoint {result.out / 'checkpoints'}")
@@ -189,6 +189,29 @@ def _process_index() -> int:
     import jax
 
     return jax.process_index()
+
+
+def _others_alive(timeout_s: float = 10.0) -> bool:
+    """Whether every process reaches this point within `timeout_s`: the same error everywhere (a mistake all of
+    them found), rather than a process that is gone."""
+    from jax._src import distributed
+
+    try:
+        distributed.global_state.client.wait_at_barrier("jaxnets-after-error", int(timeout_s * 1000))
+        return True
+    except Exception:  # the barrier fails or times out when a process is gone
+        return False
+
+
+def _stop_after_error(error: BaseException) -> None:
+    """End a multi-process run that failed, in one line and without JAX's shutdown (which waits for a lost
+    process at a barrier and then aborts with pages of log): exit 4 when another process is gone, else exit 2
+    for a mistake every process found (1 for anything else)."""
+    if not _others_alive():
+        _peer_lost(error)
+    print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_USAGE if isinstance(error, (ValueError, OSError)) else 1)
 
 
 def _peer_lost(error: BaseException) -> None:
