@@ -402,8 +402,7 @@ def _explain_one(predictor, path: str, out_dir: str, class_name: str | None, ste
     out.mkdir(parents=True, exist_ok=True)
     png, npy = out / f"{stem}_cam.png", out / f"{stem}_cam.npy"
     for target in (png, npy):
-        if target.exists() or target.is_symlink():
-            raise FileExistsError(f"{target} exists: jaxnets does not overwrite it; choose another --explain folder")
+        _refuse_existing(target, "--explain folder")
     pixels = predictor.pixels([path])
     classes = None if class_name is None else [predictor.classes.index(class_name)]
     maps, _ = predictor.explain_pixels(pixels, classes)

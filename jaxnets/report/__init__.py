@@ -22,11 +22,11 @@ def history_csv(history: list[dict[str, float]], fields: Sequence[str]) -> str:
 
 def curves_png(history: list[dict[str, float]]) -> bytes:
     """Loss and accuracy per epoch, train and validation: the classic course plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from .figures import figure_png, pyplot
+
+    plt = pyplot()
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
@@ -40,10 +40,7 @@ def curves_png(history: list[dict[str, float]]) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    return png.getvalue()
+    return figure_png(fig)
 
 
 REPORT_FILES = ("report.html", "confusion.png", "top_losses.png")

@@ -45,33 +45,10 @@ class Board:
         self.writer.flush()
 
     def confusion(self, matrix: np.ndarray, classes: list[str], epoch: int) -> None:
+        from .figures import confusion_figure  # the report's figure: one heatmap for both
+
         self.writer.add_figure("test/confusion_matrix", confusion_figure(matrix, classes), epoch, close=True)
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
-
-
-def confusion_figure(matrix: np.ndarray, classes: list[str]):
-    """The confusion matrix as a labelled heatmap (rows: true class, columns: predicted), counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    matrix = np.asarray(matrix)
-    n = len(classes)
-    size = min(12.0, 2.5 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(size, size), dpi=80)
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), classes, rotation=90 if n > 6 else 0)
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 30:
-        peak = matrix.max() or 1
-        for (i, j), count in np.ndenumerate(matrix):
-            ax.text(j, i, str(int(count)), ha="center", va="center", fontsize=8,
-                    color="white" if count > peak / 2 else "black")
-    fig.tight_layout()
-    return fig

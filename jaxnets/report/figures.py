@@ -8,10 +8,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["confusion_png", "grid_png", "image_png"]
+__all__ = ["confusion_figure", "confusion_png", "figure_png", "grid_png", "image_png", "pyplot"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,10 +21,11 @@ def _pyplot():
     return plt
 
 
-def _figure_png(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """A figure as PNG bytes; the figure is closed."""
     out = io.BytesIO()
     fig.savefig(out, format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return out.getvalue()
 
 
@@ -47,9 +49,14 @@ def image_png(pixels: np.ndarray, at_least: int = 112) -> bytes:
 
 
 def confusion_png(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
+    """`confusion_figure` as PNG bytes."""
+    return figure_png(confusion_figure(confusion, classes))
+
+
+def confusion_figure(confusion: np.ndarray, classes: Sequence[str]):
     """Rows true, columns predicted, colour by the share of the true class (so rare classes show), counts
-    written in the cells while they stay legible."""
-    plt = _pyplot()
+    written in the cells while they stay legible (the report's figure and TensorBoard's image)."""
+    plt = pyplot()
     k = len(classes)
     counts = np.asarray(confusion, np.int64)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -69,12 +76,12 @@ def confusion_png(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
-    return _figure_png(fig)
+    return fig
 
 
 def grid_png(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 8) -> bytes:
     """Images (uint8 H×W×C) in a grid, each with its title: the top-losses figure saved beside the report."""
-    plt = _pyplot()
+    plt = pyplot()
     n = max(1, len(images))
     rows = -(-n // columns)
     cols = min(columns, n)
@@ -85,4 +92,4 @@ def grid_png(images: Sequence[np.ndarray], titles: Sequence[str], columns: int =
         ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
         ax.set_title(_plain(title), fontsize=7)
     fig.tight_layout()
-    return _figure_png(fig)
+    return figure_png(fig)

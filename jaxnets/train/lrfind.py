@@ -10,7 +10,6 @@ augmentation and loss, so the suggestion is for that exact run.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,12 +98,9 @@ def lr_find(cfg: TrainConfig, splits: Splits | None = None, start: float = 1e-7,
 
 def plot_png(result: LRFindResult, title: str = "") -> bytes:
     """Smoothed loss against learning rate (log scale), the suggestion marked."""
-    import matplotlib
+    from ..report.figures import figure_png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
+    fig, ax = pyplot().subplots(figsize=(6, 3.6), dpi=90)
     shown = result.smoothed < 4 * np.nanmin(result.smoothed) + 1e-12
     ax.plot(result.lrs[shown], result.smoothed[shown], label="smoothed loss")
     ax.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggestion {result.suggestion:.2e}")
@@ -115,7 +111,4 @@ def plot_png(result: LRFindResult, title: str = "") -> bytes:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out.getvalue()
+    return figure_png(fig)
