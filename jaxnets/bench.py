@@ -46,10 +46,12 @@ def forward_flops_per_image(model, variables, shape) -> float | None:
         return None
 
 
-def bench_step(mode: str, model_name: str, batch: int, size: int, channels: int | None = None,
-               dtype: str = "float32", steps: int = 20, warmup: int = 3, num_classes: int | None = None,
-               lr: float | None = None, options: dict | None = None) -> dict[str, Any]:
-    """Time `steps` train or predict steps on one synthetic batch already on the device."""
+def step_runner(mode: str, model_name: str, batch: int, size: int, channels: int | None = None,
+                dtype: str = "float32", num_classes: int | None = None, lr: float | None = None,
+                options: dict | None = None) -> tuple[Any, Any, Any, Any, Any]:
+    """(run, state, model, spec, hlo): `run(state) -> (state, output)` is one train or predict step on one
+    synthetic batch already on the device — what `bench train/predict` times and `bench profile` traces;
+    `hlo(state)` is the compiled step's HLO text."""
     from . import runtime
     from .data.preprocess import PreprocessSpec
     from .inference.scoring import forward, probabilities
@@ -74,12 +76,26 @@ def bench_step(mode: str, model_name: str, batch: int, size: int, channels: int 
         def run(s):
             s, metrics = step(s, data)
             return s, metrics["loss_sum"]
+
+        def hlo(s):
+            return step.lower(s, data).compile().as_text()
     else:
         apply = runtime.jit(lambda v, x: probabilities(forward(model, spec)(v, x), binary))
 
         def run(s):
             return s, apply(s.variables, data["image"])
 
+        def hlo(s):
+            return apply.lower(s.variables, data["image"]).compile().as_text()
+    return run, state, model, spec, hlo
+
+
+def bench_step(mode: str, model_name: str, batch: int, size: int, channels: int | None = None,
+               dtype: str = "float32", steps: int = 20, warmup: int = 3, num_classes: int | None = None,
+               lr: float | None = None, options: dict | None = None) -> dict[str, Any]:
+    """Time `steps` train or predict steps on one synthetic batch already on the device."""
+    run, state, model, spec, _ = step_runner(mode, model_name, batch, size, channels, dtype, num_classes, lr,
+                                             options)
     t0 = time.perf_counter()
     state, out = run(state)
     jax.block_until_ready(out)
@@ -103,6 +119,33 @@ def bench_step(mode: str, model_name: str, batch: int, size: int, channels: int 
         "forward_flops_per_image": flops,
         "achieved_gflops": round(work * images_per_s / 1e9, 1) if work else None,
     }
+
+
+def bench_profile(mode: str, model_name: str, batch: int, size: int, channels: int | None = None,
+                  dtype: str = "float32", steps: int = 3, top: int = 10, options: dict | None = None) -> dict[str, Any]:
+    """The `top` most expensive XLA operations of a train or predict step, with their share of the step."""
+    from .runtime import cpu
+    from .runtime.profile import profile_ops, time_convolutions
+
+    run, state, _, _, hlo = step_runner(mode, model_name, batch, size, channels, dtype, options=options)
+    for _ in range(2):  # compile and warm
+        state, out = run(state)
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    state, out = run(state)
+    jax.block_until_ready(out)
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    text = hlo(state)
+    conv_ms = time_convolutions(text, compiler_options=cpu.compiler_options()) if jax.default_backend() == "cpu" \
+        else None
+    table, kinds, op_ms, _ = profile_ops(run, state, text, steps, top, conv_ms)
+    return {"model": model_name, "mode": mode, "batch": batch, "size": size, "dtype": dtype,
+            "step_ms_untraced": round(wall_ms, 1), "op_ms_per_step": round(op_ms, 1),
+            "convolutions_ms": round(sum((conv_ms or {}).values()), 1),
+            "top": [{"op": t.name, "ms": round(t.ms_per_step, 2), "share": round(t.share, 4), "what": t.what}
+                    for t in table],
+            "kinds": [{"op": t.name, "ms": round(t.ms_per_step, 2), "share": round(t.share, 4), "what": t.what}
+                      for t in kinds]}
 
 
 def bench_data(data: str, size: int, batch: int, channels: int = 3, epochs: int = 3) -> dict[str, Any]:
@@ -198,6 +241,17 @@ def add_parser(sub) -> None:
         m.add_argument("--hidden-sizes", default=None, help="for mlp, e.g. 256,64")
         m.add_argument("--json", action="store_true")
         m.set_defaults(func=_cli_step, mode=mode)
+    r = modes.add_parser("profile", help="the most expensive XLA operations of a train or predict step")
+    r.add_argument("--model", required=True)
+    r.add_argument("--mode", choices=("train", "predict"), default="train")
+    r.add_argument("--batch", type=positive_int, default=32)
+    r.add_argument("--size", type=positive_int, default=None)
+    r.add_argument("--channels", choices=(1, 3), type=int, default=None)
+    r.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    r.add_argument("--steps", type=positive_int, default=3)
+    r.add_argument("--top", type=positive_int, default=10)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cli_profile)
     d = modes.add_parser("data", help="first-epoch decode and cached-epoch throughput of a dataset")
     d.add_argument("--data", required=True)
     d.add_argument("--size", type=positive_int, default=128)
@@ -235,6 +289,23 @@ def _cli_step(args) -> int:
     size = args.size or get_entry(args.model).size
     _emit(bench_step(args.mode, args.model, args.batch, size, args.channels, args.dtype, args.steps, args.warmup,
                      options=options), args.json)
+    return 0
+
+
+def _cli_profile(args) -> int:
+    from .models import get_entry
+
+    result = bench_profile(args.mode, args.model, args.batch, args.size or get_entry(args.model).size,
+                           args.channels, args.dtype, args.steps, args.top)
+    if args.json:
+        return _emit(result, True)
+    print(f"{args.model} {args.mode}, batch {args.batch}: {result['step_ms_untraced']} ms per step untraced, "
+          f"{result['op_ms_per_step']} ms of operations (one thread each), of which convolutions "
+          f"{result['convolutions_ms']} ms (timed one by one)")
+    for title, rows in (("operations", result["top"]), ("kinds of operation", result["kinds"])):
+        print(f"top {len(rows)} {title}:")
+        for row in rows:
+            print(f"{100 * row['share']:5.1f} %  {row['ms']:9.2f} ms  {row['op']:<28} {row['what'][:140]}")
     return 0
 
 

@@ -21,3 +21,17 @@ def test_bench_refuses_a_zero_batch_in_one_line(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["bench", "train", "--model", "lenet5", "--batch", "0"])
     assert stop.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_bench_profile_names_the_expensive_operations_of_a_step(capsys):
+    # a real trace of LeNet-5's train step: the table must hold operations of the compiled step, with shares
+    # that add up to at most the whole, and the convolutions (timed one by one) among them
+    assert main(["bench", "profile", "--model", "lenet5", "--batch", "8", "--steps", "2", "--top", "10000",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["op_ms_per_step"] > 0 and result["convolutions_ms"] > 0
+    shares = [row["share"] for row in result["top"]]
+    rounding = 5e-5 * len(shares)  # each share is rounded to 4 places
+    assert shares == sorted(shares, reverse=True) and 1.0 - rounding <= sum(shares) <= 1.0 + rounding
+    assert any(row["what"].startswith("convolution") for row in result["top"])
+    assert sum(row["share"] for row in result["kinds"]) <= 1.0 + 5e-5 * len(result["kinds"])

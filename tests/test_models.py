@@ -182,3 +182,34 @@ def test_one_batch_overfits_in_fifty_adam_steps(name, options, size, channels):
         params, extra, opt_state, loss = step(params, extra, opt_state)
         losses.append(float(loss))
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("shape,window,stride,padding", [
+    ((2, 9, 9, 3), 3, 2, 1),  # ResNet's stem pool
+    ((2, 8, 8, 3), 2, 2, 0),  # VGG's
+    ((3, 13, 11, 4), 3, 2, 0),  # AlexNet's, odd sizes
+    ((2, 7, 7, 2), 3, 1, 1),  # overlapping windows at stride 1
+    ((1, 2, 2, 1), 3, 2, 0),  # smaller than the window: padded up to it
+])
+def test_max_pool_gradient_is_lax_select_and_scatter_ties_included(shape, window, stride, padding):
+    # the pool's own backward (strided slices, not select-and-scatter) must give what lax's gradient gives:
+    # each window's gradient to the first of its maximal inputs, in row-major order. Integers 0..3 make ties common.
+    import flax.linen as nn
+
+    from jaxnets.models.layers import max_pool
+
+    def reference(x):
+        _, h, w, _ = x.shape
+        pads = ((padding, padding + max(0, window - h - 2 * padding)),
+                (padding, padding + max(0, window - w - 2 * padding)))
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+        return nn.max_pool(x, (window, window), (stride, stride), padding="VALID")
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 4, shape).astype(np.float32))
+    ours, ours_vjp = jax.vjp(lambda v: max_pool(v, window, stride, padding), x)
+    theirs, theirs_vjp = jax.vjp(reference, x)
+    g = jnp.asarray(rng.normal(size=theirs.shape).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    np.testing.assert_allclose(np.asarray(ours_vjp(g)[0]), np.asarray(theirs_vjp(g)[0]), atol=1e-6)
+    assert jnp.count_nonzero(ours_vjp(g)[0]) <= g.size  # one input per window gets the gradient, never all ties

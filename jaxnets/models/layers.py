@@ -7,6 +7,7 @@ on inputs smaller than torchvision itself accepts (AlexNet at 32×32).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -81,7 +82,53 @@ def max_pool(x: Array, window: int, stride: int, padding: int = 0) -> Array:
     pads = ((padding, padding + extra_h), (padding, padding + extra_w))
     if any(p for pair in pads for p in pair):  # padded here, not by the pool: exporters (jax2onnx) drop a pool's pads
         x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    return _max_pool_valid(x, window, stride)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_valid(x: Array, window: int, stride: int) -> Array:
+    """A VALID max pool whose gradient is computed from strided slices instead of select-and-scatter.
+
+    The gradient is the same as lax's: each window's output gradient goes to the first of its maximal inputs in
+    row-major order (torch does the same). XLA:CPU rewrites select-and-scatter into a reduce-window carrying one
+    int32 index array per dimension plus a scatter: ResNet-18's stem pool took about a fifth of the whole training
+    step that way (BENCHMARKS.md, the profile). Here it is `window²` comparisons and strided pads that XLA fuses
+    into one loop."""
     return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride), padding="VALID")
+
+
+def _max_pool_fwd(x: Array, window: int, stride: int) -> tuple[Array, tuple[Array, Array]]:
+    y = _max_pool_valid(x, window, stride)
+    return y, (x, y)
+
+
+def _window_views(x: Array, window: int, stride: int, out_hw: tuple[int, int]):
+    """(dy, dx, view): for each offset in the window, the input elements at that offset of every window."""
+    oh, ow = out_hw
+    for dy in range(window):
+        for dx in range(window):
+            yield dy, dx, x[:, dy:dy + stride * (oh - 1) + 1:stride, dx:dx + stride * (ow - 1) + 1:stride, :]
+
+
+def _max_pool_bwd(window: int, stride: int, residuals: tuple[Array, Array], g: Array) -> tuple[Array]:
+    x, y = residuals
+    _, h, w, _ = x.shape
+    oh, ow = y.shape[1:3]
+    views = list(_window_views(x, window, stride, (oh, ow)))
+    first = jnp.full(y.shape, len(views), jnp.int8 if len(views) < 127 else jnp.int32)
+    for k in reversed(range(len(views))):  # the first offset (row-major) holding the window's maximum
+        first = jnp.where(views[k][2] == y, jnp.asarray(k, first.dtype), first)
+    first = jax.lax.optimization_barrier(first)  # computed once, not once per input element below
+    zero = jnp.zeros((), g.dtype)
+    grad = jnp.zeros(x.shape, g.dtype)
+    for k, (dy, dx, _) in enumerate(views):
+        spread = ((0, 0, 0), (dy, h - dy - stride * (oh - 1) - 1, stride - 1),
+                  (dx, w - dx - stride * (ow - 1) - 1, stride - 1), (0, 0, 0))
+        grad = grad + jax.lax.pad(jnp.where(first == k, g, zero), zero, spread)
+    return (grad.astype(x.dtype),)
+
+
+_max_pool_valid.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class BatchNorm(nn.Module):
