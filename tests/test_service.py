@@ -170,14 +170,16 @@ def test_200_concurrent_requests_from_16_clients(server, trained):
         if i % 2:
             p = paths[i % len(paths)]
             r = _one(server, p.read_bytes())
-            return r.status_code == 200 and r.json()["label"] == expected[p]
-        chosen = [paths[(i + k) % len(paths)] for k in range(4)]
-        r = _post(server, "/predict_batch", [("images", (p.name, p.read_bytes())) for p in chosen])
-        return r.status_code == 200 and [a["label"] for a in r.json()] == [expected[p] for p in chosen]
+            ok = r.status_code == 200 and r.json()["label"] == expected[p]
+        else:
+            chosen = [paths[(i + k) % len(paths)] for k in range(4)]
+            r = _post(server, "/predict_batch", [("images", (p.name, p.read_bytes())) for p in chosen])
+            ok = r.status_code == 200 and [a["label"] for a in r.json()] == [expected[p] for p in chosen]
+        return None if ok else f"{r.request.path_url} {r.status_code} {r.text[:300]}"
 
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(call, range(200)))
-    assert all(results), f"{results.count(False)} of 200 failed"
+        failures = [f for f in pool.map(call, range(200)) if f]
+    assert not failures, f"{len(failures)} of 200 failed, first: {failures[0]}"
 
 
 def test_missing_model_stops_start_up_with_a_clear_log_line(tmp_path):
@@ -306,3 +308,34 @@ def test_the_page_in_a_real_browser_shows_the_label_of_predict(server, trained, 
             assert errors == [] and outside == []
         finally:
             browser.close()
+
+
+def test_predict_equals_the_predictor_for_small_and_large_uploads(server, trained, tmp_path):
+    # /predict is answered by the front door's direct route (guard.py): small uploads decode in its event loop,
+    # large ones in a thread. Both must give the Predictor's probabilities, and top_k must be honoured.
+    predictor = Predictor.from_checkpoint(trained["run"])
+    big = tmp_path / "big.png"
+    rng = np.random.default_rng(0)
+    digit = np.asarray(Image.open(trained["paths"][0]).convert("L").resize((600, 600)), np.int16)
+    Image.fromarray(np.clip(digit + rng.integers(-3, 4, digit.shape), 0, 255).astype(np.uint8)).save(big)
+    assert big.stat().st_size > 64 * 1024
+    paths = [*trained["paths"][:6], big]
+    expected = predictor.predict([str(p) for p in paths])
+    for path, want in zip(paths, expected, strict=True):
+        r = _post(server, "/predict", {"image": (path.name, path.read_bytes())}, data={"top_k": "3"})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["label"] == want["label"] and len(got["top_k"]) == 3
+        np.testing.assert_allclose([got["probabilities"][c] for c in predictor.classes],
+                                   [want["probabilities"][c] for c in predictor.classes], atol=1e-5)
+
+
+def test_bench_serve_measures_the_running_service(server, trained):
+    # the load tool behind BENCHMARKS.md's service rows: keep-alive clients on one asyncio loop, warm-up not counted
+    from jaxnets.bench import bench_serve
+
+    for batch in (0, 3):
+        result = bench_serve(server, 4, 40, str(trained["paths"][0]), batch=batch, warmup=8)
+        assert result["errors"] == 0 and result["requests"] == 40 and result["requests_per_s"] > 0
+        assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+        assert result["images_per_s"] == pytest.approx(result["requests_per_s"] * max(batch, 1), rel=0.01)

@@ -15,6 +15,11 @@ once. So the front door decides everything about a request to an API route befor
 * how many: at most `max_uploads` API requests are read or processed at once; the next ones wait up to
   `queue_timeout_s`, then get 503, so memory is bounded by about max_uploads × max_request_bytes.
 * answers: every error response (BentoML's too) leaves as {"error": "<message>"}, application/json.
+* direct routes: a route the service has registered a handler for (`FrontDoor.direct`, filled by the service when
+  it starts) is answered from the validated parts by that handler, without the second multipart parse, the
+  temporary file and the IO layer of BentoML's own route: that is where most of a small request's time went
+  (BENCHMARKS.md, "Service"). Until a handler is registered, and for every other route, BentoML answers. The
+  door writes their access-log lines itself (logger "bentoml.access"); BentoML's request metrics do not count them.
 
 It imports neither JAX nor BentoML: it is plain ASGI over python-multipart (a BentoML dependency).
 """
@@ -26,18 +31,25 @@ import base64
 import hashlib
 import http
 import json
+import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .multipart import FormSpec, Limits, Refusal, StrictForm, canonical_body, request_boundary, text
+from .multipart import FormSpec, Limits, Part, Refusal, StrictForm, canonical_body, request_boundary, text
+
+log = logging.getLogger("jaxnets.service")
+access = logging.getLogger("bentoml.access")  # BentoML configures it: our lines appear beside its own
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# validated parts → (status, JSON body); an error status must come with {"error": message}
+DirectHandler = Callable[[list[Part]], Awaitable[tuple[int, bytes]]]
 
 
 
@@ -163,6 +175,7 @@ class FrontDoor:
         self.limits = limits or Limits.from_env()
         self.exact, self.prefixes = served_paths(app)
         self.slots = asyncio.Semaphore(self.limits.max_uploads)
+        self.direct: dict[str, DirectHandler] = {}  # filled by the service once it has started
 
     def serves(self, path: str) -> bool:
         return path in self.forms or path in self.pages or path in self.exact or path.startswith(self.prefixes)
@@ -191,11 +204,14 @@ class FrontDoor:
                                           "shortly", [(b"retry-after", b"1")])
         try:
             try:
-                body, ctype = await self._read_form(spec, boundary, receive)
+                parts = await self._read_form(spec, boundary, receive)
             except Refusal as r:  # refused mid-body: the rest of it is not read, so the connection cannot go on
                 return await reply(send, r.status, r.message, [*r.headers, (b"connection", b"close")])
-            if body is None:
+            if parts is None:
                 return  # the client went away
+            if handler := self.direct.get(path):
+                return await answer_directly(handler, parts, send, scope)
+            body, ctype = canonical_body(parts, spec.string_fields)
             headers = [(k, v) for k, v in scope.get("headers") or []
                        if k.lower() not in (b"content-type", b"content-length", b"transfer-encoding")]
             scope = {**scope, "headers": [*headers, (b"content-type", ctype),
@@ -230,8 +246,9 @@ class FrontDoor:
         except asyncio.TimeoutError:
             return False
 
-    async def _read_form(self, spec: FormSpec, boundary: bytes, receive: Receive) -> tuple[bytes | None, bytes]:
-        """Read and check the body as it arrives; 408 when it is not all there within `read_timeout_s`."""
+    async def _read_form(self, spec: FormSpec, boundary: bytes, receive: Receive) -> list[Part] | None:
+        """Read and check the body as it arrives (None: the client left); 408 when it is not all there within
+        `read_timeout_s`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.read_timeout_s
         form, size = StrictForm(spec, boundary, self.limits), 0
@@ -242,7 +259,7 @@ class FrontDoor:
                 raise Refusal(408, f"request body not received within {self.limits.read_timeout_s:g} s "
                                    "(JAXNETS_READ_TIMEOUT_S)") from None
             if message["type"] != "http.request":
-                return None, b""
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limits.max_request_bytes:
@@ -250,7 +267,24 @@ class FrontDoor:
             form.feed(chunk)
             if not message.get("more_body"):
                 break
-        return canonical_body(form.finish(), spec.string_fields)
+        return form.finish()
+
+
+async def answer_directly(handler: DirectHandler, parts: list[Part], send: Send, scope: Scope) -> None:
+    """The handler's answer; a handler that fails answers 503 with the reason, never a 500 or a traceback.
+    One access-log line per request, as BentoML writes for the routes it answers."""
+    started = time.perf_counter()
+    try:
+        status, body = await handler(parts)
+    except Exception as e:  # the handler's own errors are answers; anything else is the model side failing
+        status, body = 503, error_body(f"the model could not answer: {type(e).__name__}: {str(e)[:300]}")
+        log.error("%s failed: %s: %s", scope.get("path"), type(e).__name__, e)
+    client = scope.get("client") or ("-", 0)
+    access.info("%s:%s (method=POST,path=%s) (status=%d,length=%d) %.3fms", client[0], client[1], scope.get("path"),
+                status, len(body), 1e3 * (time.perf_counter() - started))
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

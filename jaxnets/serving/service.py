@@ -18,14 +18,18 @@ and the front door's JAXNETS_READ_TIMEOUT_S, JAXNETS_MAX_UPLOADS, JAXNETS_QUEUE_
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import gc
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument
@@ -36,8 +40,8 @@ from ..inference.card import read_card
 from ..integrity import CheckpointError, verify_packaged
 from ..report.figures import image_png
 from ..report.overlay import overlay
-from .guard import FrontDoor, Page
-from .multipart import FormSpec, Limits, env_number, positive_int, short_text
+from .guard import FrontDoor, Page, error_body
+from .multipart import FormSpec, Limits, Part, env_number, positive_int, short_text, text
 from .package import DEFAULT_NAME
 
 log = logging.getLogger("jaxnets.service")
@@ -47,7 +51,12 @@ LIMITS = Limits.from_env()
 MAX_REQUEST_BYTES = LIMITS.max_request_bytes
 MAX_PIXELS = env_number("JAXNETS_MAX_PIXELS", DEFAULT_MAX_PIXELS)
 MAX_BATCH = env_number("JAXNETS_MAX_BATCH", 32)
+# how long a request may wait in the model's batching queue before BentoML refuses it (503, "overloaded"). Its
+# load shedding cancels the request mid-flight, which also drops the connection between the two services; at
+# 50 ms a busy 2-core machine shed requests (and dropped connections) it would have answered in a few more.
+MAX_LATENCY_MS = env_number("JAXNETS_MAX_LATENCY_MS", 1000)
 MAX_BATCH_FILES = 256
+DECODE_INLINE_BYTES = 64 * 1024  # smaller uploads decode in the event loop (a millisecond or two at most)
 
 # what each API route takes; the front door refuses anything else before BentoML parses it
 FORMS = {
@@ -57,6 +66,8 @@ FORMS = {
 }
 # the page at / (served by the front door itself: static, no JAX, no BentoML code on the way)
 PAGES = {"/": Page((Path(__file__).parent / "page.html").read_bytes())}
+# routes the front door answers itself once the classifier has started (guard.py, "direct routes")
+DIRECT_ROUTES: dict[str, Any] = {}
 
 
 def _load_model_ref():
@@ -85,7 +96,9 @@ class GuardedService(bentoml.Service):
     unknown paths out of /metrics and lets the door answer before any BentoML code reads the request."""
 
     def to_asgi(self, is_main: bool = True) -> Any:
-        return FrontDoor(super().to_asgi(is_main), FORMS, LIMITS, PAGES)
+        door = FrontDoor(super().to_asgi(is_main), FORMS, LIMITS, PAGES)
+        door.direct = DIRECT_ROUTES
+        return door
 
 
 def _stop_the_server(message: str) -> None:
@@ -115,11 +128,37 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _decode(data: bytes, what: str, spec: Any) -> np.ndarray:
+    """One upload → uint8 pixels through the checkpoint's preprocessing; a 400 (InvalidArgument) naming `what`
+    for anything that is not a usable image."""
+    try:
+        return to_pixels(data, spec, MAX_PIXELS)
+    except ImageError as e:
+        raise InvalidArgument(f"{what}: {e}") from None
+
+
+def _decode_all(uploads: list[bytes], names: list[str], spec: Any) -> np.ndarray:
+    return np.stack([_decode(data, name, spec) for data, name in zip(uploads, names, strict=True)])
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything start-up created (JAX, the compiled model, BentoML) out of the garbage collector's reach:
+    a full collection otherwise walks all of it, pausing the worker for a few hundred ms every so often under
+    load, which is what set the p99 latency (BENCHMARKS.md, "Service")."""
+    gc.collect()
+    gc.freeze()
+
+
 class NonFiniteModelError(RuntimeError):
     """The model's warm-up output is NaN or infinite: its weights are broken, so it must not be served."""
 
 
-@bentoml.service(name="jaxnets_model", traffic={"timeout": 60})
+# BentoML's client to this service replaces its HTTP session every `max_requests` calls (default 100) or
+# `max_age` seconds, closing the old one with requests still in flight on it: at a few hundred requests/s that
+# failed calls ("Connection closed", "Server disconnected") and left some waiting until the timeout. One session
+# for the life of the worker; the few connections the server closes while idle are retried (_call_model).
+@bentoml.service(name="jaxnets_model", traffic={"timeout": 60},
+                 runner_connection={"max_requests": 2**62, "max_age": 1e12}, logging={"access": {"enabled": False}})
 class JaxnetsModel:
     model_ref = MODEL_REF
 
@@ -132,6 +171,7 @@ class JaxnetsModel:
         self._check_finite()
         self.explains = self._warm_explain()
         log.info("model %s ready: %s, classes %s", MODEL_TAG, self.predictor.card.model, self.predictor.classes)
+        _freeze_startup_objects()
 
     def _warm_explain(self) -> bool:
         """Compile the explanation for one image before the service is ready; a model that cannot be explained
@@ -157,7 +197,7 @@ class JaxnetsModel:
             _stop_the_server(message)
             raise NonFiniteModelError(message)
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=50)
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
     def infer(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [N,H,W,C] → probabilities [N, classes]; N is whatever adaptive batching gathered."""
         return self.predictor.predict_pixels(np.asarray(pixels, dtype=np.uint8))
@@ -180,6 +220,56 @@ class JaxnetsClassifier:
         card = read_card(self.model_ref.path)
         self.classes: list[str] = list(card.classes)
         self.spec = card.preprocess
+        DIRECT_ROUTES["/predict"] = self._predict_direct
+        DIRECT_ROUTES["/predict_batch"] = self._predict_batch_direct
+        _freeze_startup_objects()
+
+    async def _predict_direct(self, parts: list[Part]) -> tuple[int, bytes]:
+        """/predict answered by the front door from its validated parts (see `_answer_direct`)."""
+        return await self._answer_direct(parts, "image")
+
+    async def _predict_batch_direct(self, parts: list[Part]) -> tuple[int, bytes]:
+        """/predict_batch answered by the front door from its validated parts (see `_answer_direct`)."""
+        return await self._answer_direct(parts, "images")
+
+    async def _answer_direct(self, parts: list[Part], field: str) -> tuple[int, bytes]:
+        """The same decode, model call and answers as `predict`/`predict_batch` below, without BentoML's second
+        parse of the form and its temporary files: the answer to one image for field "image", a list for
+        "images". Decoding large uploads goes to a thread so that it never holds up the other requests."""
+        uploads = [bytes(part.data) for part in parts if part.name == field]
+        top_k = next((int(text(bytes(p.data))) for p in parts if p.name == "top_k"), 5)
+        names = [field] if field == "image" else [f"images[{i}]" for i in range(len(uploads))]
+        try:
+            if sum(map(len, uploads)) < DECODE_INLINE_BYTES:
+                pixels = _decode_all(uploads, names, self.spec)
+            else:
+                pixels = await asyncio.to_thread(_decode_all, uploads, names, self.spec)
+        except InvalidArgument as e:
+            return 400, error_body(str(e))
+        try:
+            probs = await self.model.to_async.infer(pixels)
+        except aiohttp.ClientConnectionError as e:  # see _call_model
+            log.warning("the model service connection dropped (%s); trying once more", e)
+            probs = await self.model.to_async.infer(pixels)
+        probs = np.asarray(probs)
+        if bad := non_finite_rows(probs):
+            log.error("model %s returned non-finite probabilities for %d image(s)", MODEL_TAG, len(bad))
+            return 503, error_body(f"the model returned non-finite probabilities for image(s) {bad[:10]}; no answer "
+                                   "can be given (the model is broken for this input)")
+        answers = describe(probs, self.classes, top_k)
+        return 200, json.dumps(answers[0] if field == "image" else answers).encode()
+
+    @staticmethod
+    def _call_model(method: Any, *args: Any) -> Any:
+        """A call to the model service, tried a second time when the pooled connection it went out on turns out
+        closed: BentoML's client keeps idle connections longer than the model server does (BentoML issue #4971),
+        so the first request after a pause could fail with "Server disconnected" and answer 500. The model's
+        methods have no side effects, so repeating one is safe."""
+        try:
+            return method(*args)
+        except aiohttp.ClientConnectionError as e:
+            log.warning("the model service connection dropped (%s); trying once more", e)
+            return method(*args)
 
     def _pixels(self, upload: Path, what: str) -> np.ndarray:
         # sizes, fields and file-ness were checked by the front door: `upload` is a file the client sent
@@ -187,15 +277,12 @@ class JaxnetsClassifier:
             data = Path(upload).read_bytes()
         except (OSError, TypeError):
             raise InvalidArgument(f"{what}: no file received; send it as multipart form data") from None
-        try:
-            return to_pixels(data, self.spec, MAX_PIXELS)
-        except ImageError as e:
-            raise InvalidArgument(f"{what}: {e}") from None
+        return _decode(data, what, self.spec)
 
     def _answers(self, pixels: np.ndarray, top_k: int, ctx: bentoml.Context) -> list[dict[str, Any]]:
         """The model's answers, or one {"error"} with 503 when any probability is not finite: a NaN is never
         served as a 200 (JSON would carry it as null, or as invalid JSON)."""
-        probs = np.asarray(self.model.infer(pixels))
+        probs = np.asarray(self._call_model(self.model.infer, pixels))
         bad = non_finite_rows(probs)
         if bad:
             log.error("model %s returned non-finite probabilities for %d of %d image(s)", MODEL_TAG, len(bad),
@@ -224,7 +311,8 @@ class JaxnetsClassifier:
             return answers[0]
         chosen = answers[0]["label"] if class_name is None else class_name
         try:
-            heat = np.asarray(self.model.explain(pixels, self.classes.index(chosen)), np.float32)[0]
+            heat = np.asarray(self._call_model(self.model.explain, pixels, self.classes.index(chosen)),
+                              np.float32)[0]
         except Exception as e:  # the model service's failure is a 503 with its reason, never a 500
             log.error("explain failed: %s", e)
             ctx.response.status_code = 503
