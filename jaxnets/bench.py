@@ -196,7 +196,9 @@ def bench_serve(url: str, concurrency: int, requests_n: int, image: str, batch: 
     `concurrency` clients, each on its own keep-alive connection, send the next request as soon as the last one
     is answered (as wrk or hey do), from one asyncio loop: a client written with threads measures its own GIL
     waits into the latencies. `warmup` requests go first and are not counted, so that the figures are the
-    server's steady state (its batching has learnt the model's timing, every code path has run once)."""
+    server's steady state (its batching has learnt the model's timing, every code path has run once).
+    Requests/s counts answered (200) requests and the percentiles are of their latencies; `errors` counts the
+    others and `first_error` says why the first one failed."""
     import asyncio
     import gc
 
@@ -213,7 +215,7 @@ def bench_serve(url: str, concurrency: int, requests_n: int, image: str, batch: 
                            content_type="application/octet-stream")
         return data
 
-    async def load(count: int) -> tuple[list[tuple[float, bool]], float]:
+    async def load(count: int) -> tuple[list[tuple[float, str | None]], float]:
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout) as s:
             todo, results = iter(range(count)), []
@@ -223,37 +225,41 @@ def bench_serve(url: str, concurrency: int, requests_n: int, image: str, batch: 
                     t0 = time.perf_counter()
                     try:
                         async with s.post(f"{url}{route}", data=form()) as r:
-                            await r.read()
-                            ok = r.status == 200
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
-                        ok = False
-                    results.append((time.perf_counter() - t0, ok))
+                            body = await r.read()
+                            error = (None if r.status == 200
+                                     else f"HTTP {r.status}: {body[:200].decode(errors='replace')}")
+                    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                        error = f"{type(e).__name__}: {e}"
+                    results.append((time.perf_counter() - t0, error))
 
             t0 = time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
             return results, time.perf_counter() - t0
 
-    asyncio.run(load(max(warmup, 1)))
+    if warmup:
+        asyncio.run(load(warmup))
     gc.collect()
     gc.disable()  # the client's own collection pauses would be measured as the server's latency
     try:
         results, wall = asyncio.run(load(requests_n))
     finally:
         gc.enable()
-    latencies = sorted(r[0] for r in results)
+    errors = [e for _, e in results if e]
+    latencies = sorted(t for t, e in results if not e) or [float("nan")]  # answered requests only
+    answered = requests_n - len(errors)
     return {"route": route, "concurrency": concurrency, "requests": requests_n, "batch": batch, "warmup": warmup,
-            "requests_per_s": round(requests_n / wall, 1),
-            "images_per_s": round(requests_n * max(batch, 1) / wall, 1),
+            "requests_per_s": round(answered / wall, 1),
+            "images_per_s": round(answered * max(batch, 1) / wall, 1),
             "p50_ms": round(1e3 * latencies[len(latencies) // 2], 1),
             "p99_ms": round(1e3 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
             "max_ms": round(1e3 * latencies[-1], 1),
-            "errors": sum(not r[1] for r in results)}
+            "errors": len(errors), **({"first_error": errors[0]} if errors else {})}
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
 
 def add_parser(sub) -> None:
-    from .options import positive_int
+    from .options import nonnegative_int, positive_int
 
     p = sub.add_parser("bench", help="measure train/predict steps, data, epochs, or the service")
     modes = p.add_subparsers(dest="bench_mode", required=True)
@@ -305,7 +311,7 @@ def add_parser(sub) -> None:
     s.add_argument("--requests", type=positive_int, default=200)
     s.add_argument("--batch", type=int, default=0, help="images per request on /predict_batch (0: /predict)")
     s.add_argument("--image", required=True)
-    s.add_argument("--warmup", type=int, default=200, help="requests sent first and not counted")
+    s.add_argument("--warmup", type=nonnegative_int, default=200, help="requests sent first and not counted")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=lambda a: _emit(bench_serve(a.url, a.concurrency, a.requests, a.image, a.batch, a.warmup),
                                         a.json))

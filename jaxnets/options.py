@@ -27,6 +27,13 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def nonnegative_int(text: str) -> int:
+    """argparse type for counts that may be zero (warm-up requests): a whole number ≥ 0, else a one-line error."""
+    if not text.strip().isdecimal():
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
+    return int(text)
+
+
 def port(text: str) -> int:
     """argparse type for a TCP port: 1–65535."""
     if not text.strip().isdecimal() or not 1 <= int(text) <= 65535:

@@ -212,4 +212,5 @@ def test_max_pool_gradient_is_lax_select_and_scatter_ties_included(shape, window
     g = jnp.asarray(rng.normal(size=theirs.shape).astype(np.float32))
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
     np.testing.assert_allclose(np.asarray(ours_vjp(g)[0]), np.asarray(theirs_vjp(g)[0]), atol=1e-6)
-    assert jnp.count_nonzero(ours_vjp(g)[0]) <= g.size  # one input per window gets the gradient, never all ties
+    if stride == window and not padding:  # windows do not overlap: exactly one input per window, never all ties
+        assert int(jnp.count_nonzero(ours_vjp(g)[0])) == g.size

@@ -328,6 +328,12 @@ def test_predict_equals_the_predictor_for_small_and_large_uploads(server, traine
         assert got["label"] == want["label"] and len(got["top_k"]) == 3
         np.testing.assert_allclose([got["probabilities"][c] for c in predictor.classes],
                                    [want["probabilities"][c] for c in predictor.classes], atol=1e-5)
+    bad = _post(server, "/predict_batch", [("images", ("a.png", paths[0].read_bytes())),
+                                           ("images", ("b.png", b"junk"))])
+    assert bad.status_code == 400 and bad.json()["error"].startswith("images[1]: ")
+    # these were answered by the front door's direct route: its access-log lines, not BentoML's
+    log = (trained["root"] / "server.log").read_text()
+    assert "(method=POST,path=/predict) (status=200" in log and "(method=POST,path=/predict_batch) (status=400" in log
 
 
 def test_bench_serve_measures_the_running_service(server, trained):

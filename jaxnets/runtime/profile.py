@@ -25,7 +25,6 @@ __all__ = ["OpTime", "describe_instructions", "profile_ops", "time_convolutions"
 # `%name = type opcode(operands), attributes` — the type of a tuple holds spaces, hence the lazy match
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
 _ATTRIBUTES = ("window", "dim_labels", "kind", "custom_call_target", "dimensions")
-_BOOKKEEPING = ("ThreadpoolListener", "end: ")
 
 
 @dataclass(frozen=True)
@@ -64,21 +63,20 @@ def profile_ops(run: Callable[[Any], tuple[Any, Any]], state: Any, hlo_text: str
     `top` kinds of operation (instructions grouped by name without their number: `transpose_copy_fusion` ×58),
     the summed operation time of one step in ms, and the state after the steps. `conv_ms` (from
     `time_convolutions`) replaces the traced launch time of each convolution by its measured time."""
-    directory = tempfile.mkdtemp(prefix="jaxnets-profile-")
-    with jax.profiler.trace(directory):
-        for _ in range(steps):
-            state, out = run(state)
-            jax.block_until_ready(out)
     totals: collections.Counter[str] = collections.Counter()
     names = describe_instructions(hlo_text)
-    for path in glob.glob(f"{directory}/**/*.xplane.pb", recursive=True):
-        for plane in ProfileData.from_file(path).planes:
-            for line in plane.lines:
-                if not line.name.startswith("tf_XLA"):  # the threads that run the instructions
-                    continue
-                for event in line.events:
-                    if event.name in names and not event.name.startswith(_BOOKKEEPING):
-                        totals[event.name] += event.duration_ns
+    with tempfile.TemporaryDirectory(prefix="jaxnets-profile-") as directory:
+        with jax.profiler.trace(directory):
+            for _ in range(steps):
+                state, out = run(state)
+                jax.block_until_ready(out)
+        for path in glob.glob(f"{directory}/**/*.xplane.pb", recursive=True):
+            for plane in ProfileData.from_file(path).planes:
+                for line in plane.lines:
+                    if line.name.startswith("tf_XLA"):  # the threads that run the instructions
+                        for event in line.events:
+                            if event.name in names:
+                                totals[event.name] += event.duration_ns
     for name, ms in (conv_ms or {}).items():
         totals[name] = ms * 1e6 * steps
     step_ns = sum(totals.values()) / steps
@@ -108,7 +106,7 @@ def _shapes(hlo_text: str) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 
 def _window(text: str, key: str, default: list) -> list:
-    match = re.search(rf"\b{key}=([\d_x]+)", text)
+    match = re.search(rf"\b{key}=([-\d_x]+)", text)  # pads may be negative: pad=0_-1x0_-1
     return [tuple(int(v) for v in part.split("_")) if "_" in part else int(part)
             for part in match.group(1).split("x")] if match else default
 

@@ -277,8 +277,8 @@ async def answer_directly(handler: DirectHandler, parts: list[Part], send: Send,
     try:
         status, body = await handler(parts)
     except Exception as e:  # the handler's own errors are answers; anything else is the model side failing
-        status, body = 503, error_body(f"the model could not answer: {type(e).__name__}: {str(e)[:300]}")
-        log.error("%s failed: %s: %s", scope.get("path"), type(e).__name__, e)
+        status, body = 503, error_body(f"the model service could not answer ({type(e).__name__}); retry shortly")
+        log.exception("%s failed", scope.get("path"))  # the details stay in the server's log
     client = scope.get("client") or ("-", 0)
     access.info("%s:%s (method=POST,path=%s) (status=%d,length=%d) %.3fms", client[0], client[1], scope.get("path"),
                 status, len(body), 1e3 * (time.perf_counter() - started))

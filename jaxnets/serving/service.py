@@ -13,6 +13,7 @@
 
 Configuration by environment: JAXNETS_MODEL_TAG (default jaxnets-classifier:latest),
 JAXNETS_MAX_REQUEST_BYTES (default 10 MiB), JAXNETS_MAX_PIXELS (default 40 M), JAXNETS_MAX_BATCH (default 32),
+JAXNETS_MAX_LATENCY_MS (default 1000: how long a request may wait in the batching queue before a 503),
 and the front door's JAXNETS_READ_TIMEOUT_S, JAXNETS_MAX_UPLOADS, JAXNETS_QUEUE_TIMEOUT_S (see guard.py).
 """
 
@@ -21,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import gc
+import io
 import json
 import logging
 import os
@@ -33,6 +36,7 @@ import aiohttp
 import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument
+from PIL import Image
 
 from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageError, to_pixels
 from ..inference.answers import describe, non_finite_rows
@@ -40,7 +44,7 @@ from ..inference.card import read_card
 from ..integrity import CheckpointError, verify_packaged
 from ..report.figures import image_png
 from ..report.overlay import overlay
-from .guard import FrontDoor, Page, error_body
+from .guard import DirectHandler, FrontDoor, Page, error_body
 from .multipart import FormSpec, Limits, Part, env_number, positive_int, short_text, text
 from .package import DEFAULT_NAME
 
@@ -56,7 +60,9 @@ MAX_BATCH = env_number("JAXNETS_MAX_BATCH", 32)
 # 50 ms a busy 2-core machine shed requests (and dropped connections) it would have answered in a few more.
 MAX_LATENCY_MS = env_number("JAXNETS_MAX_LATENCY_MS", 1000)
 MAX_BATCH_FILES = 256
-DECODE_INLINE_BYTES = 64 * 1024  # smaller uploads decode in the event loop (a millisecond or two at most)
+# uploads of at most this many pixels in all decode in the front's event loop (under a millisecond); larger ones in
+# a thread, so that one big image never holds up the other requests
+DECODE_INLINE_PIXELS = 256 * 256
 
 # what each API route takes; the front door refuses anything else before BentoML parses it
 FORMS = {
@@ -67,7 +73,7 @@ FORMS = {
 # the page at / (served by the front door itself: static, no JAX, no BentoML code on the way)
 PAGES = {"/": Page((Path(__file__).parent / "page.html").read_bytes())}
 # routes the front door answers itself once the classifier has started (guard.py, "direct routes")
-DIRECT_ROUTES: dict[str, Any] = {}
+DIRECT_ROUTES: dict[str, DirectHandler] = {}
 
 
 def _load_model_ref():
@@ -128,6 +134,40 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+# a connection the model server closed under the client (BentoML issue #4971: the client keeps idle connections
+# 15 s, the server 5 s): the call never reached the model, so sending it again is safe. Timeouts are not retried.
+DROPPED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+async def _retried_once(method: Any, *args: Any) -> Any:
+    """`await method(*args)` on the model service, sent a second time when its pooled connection was closed."""
+    try:
+        return await method(*args)
+    except DROPPED as e:
+        log.warning("the model service connection dropped (%s); trying once more", e)
+        return await method(*args)
+
+
+def _non_finite(bad: list[int], total: int) -> str:
+    """Log and describe a model answer holding NaN or infinity: it is never served as a 200."""
+    log.error("model %s returned non-finite probabilities for %d of %d image(s)", MODEL_TAG, len(bad), total)
+    return (f"the model returned non-finite probabilities for image(s) {bad[:10]}; no answer can be given (the "
+            "model is broken for this input)")
+
+
+def _declared_pixels(uploads: list[bytes]) -> int:
+    """Width × height summed over the uploads, read from their headers (no decoding): what decoding will cost.
+    An upload whose header cannot be read counts as large (its decode goes to a thread and reports the error)."""
+    total = 0
+    for data in uploads:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                total += img.width * img.height
+        except Exception:  # any unreadable header: let the real decode say what is wrong, off the loop
+            return DECODE_INLINE_PIXELS + 1
+    return total
+
+
 def _decode(data: bytes, what: str, spec: Any) -> np.ndarray:
     """One upload → uint8 pixels through the checkpoint's preprocessing; a 400 (InvalidArgument) naming `what`
     for anything that is not a usable image."""
@@ -156,7 +196,7 @@ class NonFiniteModelError(RuntimeError):
 # BentoML's client to this service replaces its HTTP session every `max_requests` calls (default 100) or
 # `max_age` seconds, closing the old one with requests still in flight on it: at a few hundred requests/s that
 # failed calls ("Connection closed", "Server disconnected") and left some waiting until the timeout. One session
-# for the life of the worker; the few connections the server closes while idle are retried (_call_model).
+# for the life of the worker; the few connections the server closes while idle are retried (_retried_once).
 @bentoml.service(name="jaxnets_model", traffic={"timeout": 60},
                  runner_connection={"max_requests": 2**62, "max_age": 1e12}, logging={"access": {"enabled": False}})
 class JaxnetsModel:
@@ -220,54 +260,37 @@ class JaxnetsClassifier:
         card = read_card(self.model_ref.path)
         self.classes: list[str] = list(card.classes)
         self.spec = card.preprocess
-        DIRECT_ROUTES["/predict"] = self._predict_direct
-        DIRECT_ROUTES["/predict_batch"] = self._predict_batch_direct
+        DIRECT_ROUTES["/predict"] = functools.partial(self._answer_direct, field="image")
+        DIRECT_ROUTES["/predict_batch"] = functools.partial(self._answer_direct, field="images")
         _freeze_startup_objects()
-
-    async def _predict_direct(self, parts: list[Part]) -> tuple[int, bytes]:
-        """/predict answered by the front door from its validated parts (see `_answer_direct`)."""
-        return await self._answer_direct(parts, "image")
-
-    async def _predict_batch_direct(self, parts: list[Part]) -> tuple[int, bytes]:
-        """/predict_batch answered by the front door from its validated parts (see `_answer_direct`)."""
-        return await self._answer_direct(parts, "images")
 
     async def _answer_direct(self, parts: list[Part], field: str) -> tuple[int, bytes]:
         """The same decode, model call and answers as `predict`/`predict_batch` below, without BentoML's second
         parse of the form and its temporary files: the answer to one image for field "image", a list for
-        "images". Decoding large uploads goes to a thread so that it never holds up the other requests."""
+        "images"."""
         uploads = [bytes(part.data) for part in parts if part.name == field]
         top_k = next((int(text(bytes(p.data))) for p in parts if p.name == "top_k"), 5)
         names = [field] if field == "image" else [f"images[{i}]" for i in range(len(uploads))]
         try:
-            if sum(map(len, uploads)) < DECODE_INLINE_BYTES:
+            if _declared_pixels(uploads) <= DECODE_INLINE_PIXELS:
                 pixels = _decode_all(uploads, names, self.spec)
-            else:
+            else:  # a big decode must not hold up every other request on this loop
                 pixels = await asyncio.to_thread(_decode_all, uploads, names, self.spec)
         except InvalidArgument as e:
             return 400, error_body(str(e))
-        try:
-            probs = await self.model.to_async.infer(pixels)
-        except aiohttp.ClientConnectionError as e:  # see _call_model
-            log.warning("the model service connection dropped (%s); trying once more", e)
-            probs = await self.model.to_async.infer(pixels)
-        probs = np.asarray(probs)
+        probs = np.asarray(await _retried_once(self.model.to_async.infer, pixels))
         if bad := non_finite_rows(probs):
-            log.error("model %s returned non-finite probabilities for %d image(s)", MODEL_TAG, len(bad))
-            return 503, error_body(f"the model returned non-finite probabilities for image(s) {bad[:10]}; no answer "
-                                   "can be given (the model is broken for this input)")
+            return 503, error_body(_non_finite(bad, len(probs)))
         answers = describe(probs, self.classes, top_k)
         return 200, json.dumps(answers[0] if field == "image" else answers).encode()
 
     @staticmethod
     def _call_model(method: Any, *args: Any) -> Any:
-        """A call to the model service, tried a second time when the pooled connection it went out on turns out
-        closed: BentoML's client keeps idle connections longer than the model server does (BentoML issue #4971),
-        so the first request after a pause could fail with "Server disconnected" and answer 500. The model's
-        methods have no side effects, so repeating one is safe."""
+        """A call to the model service from a worker thread, tried a second time when its pooled connection turns
+        out closed (see `_retried_once`)."""
         try:
             return method(*args)
-        except aiohttp.ClientConnectionError as e:
+        except DROPPED as e:
             log.warning("the model service connection dropped (%s); trying once more", e)
             return method(*args)
 
@@ -283,13 +306,9 @@ class JaxnetsClassifier:
         """The model's answers, or one {"error"} with 503 when any probability is not finite: a NaN is never
         served as a 200 (JSON would carry it as null, or as invalid JSON)."""
         probs = np.asarray(self._call_model(self.model.infer, pixels))
-        bad = non_finite_rows(probs)
-        if bad:
-            log.error("model %s returned non-finite probabilities for %d of %d image(s)", MODEL_TAG, len(bad),
-                      len(probs))
+        if bad := non_finite_rows(probs):
             ctx.response.status_code = 503
-            return [{"error": f"the model returned non-finite probabilities for image(s) {bad[:10]}; "
-                              "no answer can be given (the model is broken for this input)"}]
+            return [{"error": _non_finite(bad, len(probs))}]
         return describe(probs, self.classes, top_k)
 
     @bentoml.api(route="/predict")
