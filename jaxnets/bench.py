@@ -14,7 +14,8 @@ import statistics
 import sys
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,12 +47,21 @@ def forward_flops_per_image(model, variables, shape) -> float | None:
         return None
 
 
+class StepRunner(NamedTuple):
+    """One train or predict step on one synthetic batch already on the device: what `bench train/predict` times
+    and `bench profile` traces."""
+
+    run: Callable[[Any], tuple[Any, Any]]  # state -> (state, output)
+    state: Any
+    model: Any
+    spec: Any
+    hlo: Callable[[Any], str]  # state -> the compiled step's HLO text
+
+
 def step_runner(mode: str, model_name: str, batch: int, size: int, channels: int | None = None,
                 dtype: str = "float32", num_classes: int | None = None, lr: float | None = None,
-                options: dict | None = None) -> tuple[Any, Any, Any, Any, Any]:
-    """(run, state, model, spec, hlo): `run(state) -> (state, output)` is one train or predict step on one
-    synthetic batch already on the device — what `bench train/predict` times and `bench profile` traces;
-    `hlo(state)` is the compiled step's HLO text."""
+                options: dict | None = None) -> StepRunner:
+    """The step of `mode` for `model_name` on a random batch (see StepRunner)."""
     from . import runtime
     from .data.preprocess import PreprocessSpec
     from .inference.scoring import forward, probabilities
@@ -87,7 +97,7 @@ def step_runner(mode: str, model_name: str, batch: int, size: int, channels: int
 
         def hlo(s):
             return apply.lower(s.variables, data["image"]).compile().as_text()
-    return run, state, model, spec, hlo
+    return StepRunner(run, state, model, spec, hlo)
 
 
 def bench_step(mode: str, model_name: str, batch: int, size: int, channels: int | None = None,
@@ -328,7 +338,7 @@ def _cli_step(args) -> int:
     return 0
 
 
-def _cli_profile(args) -> int:
+def _cli_profile(args: Any) -> int:
     from .models import get_entry
 
     result = bench_profile(args.mode, args.model, args.batch, args.size or get_entry(args.model).size,
