@@ -29,6 +29,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -181,12 +183,25 @@ def _decode_all(uploads: list[bytes], names: list[str], spec: Any) -> np.ndarray
     return np.stack([_decode(data, name, spec) for data, name in zip(uploads, names, strict=True)])
 
 
+GC_INTERVAL_S = env_number("JAXNETS_GC_INTERVAL_S", 10.0, float, 0.1)
+
+
 def _freeze_startup_objects() -> None:
-    """Move everything start-up created (JAX, the compiled model, BentoML) out of the garbage collector's reach:
-    a full collection otherwise walks all of it, pausing the worker for a few hundred ms every so often under
-    load, which is what set the p99 latency (BENCHMARKS.md, "Service")."""
+    """Take the garbage collector off the request path: start-up objects (JAX, the compiled model, BentoML) are
+    frozen out of its reach, and instead of collecting whenever allocations cross its thresholds — which, in the
+    middle of serving, paused a worker for up to ~150 ms a few times per second of load and set the p99 latency
+    (BENCHMARKS.md, "Service") — it collects every `JAXNETS_GC_INTERVAL_S` seconds (10) from a timer thread, so
+    that reference cycles are still freed and memory stays bounded."""
     gc.collect()
     gc.freeze()
+    gc.disable()
+
+    def collect() -> None:
+        while True:
+            time.sleep(GC_INTERVAL_S)
+            gc.collect()
+
+    threading.Thread(target=collect, name="jaxnets-gc", daemon=True).start()
 
 
 class NonFiniteModelError(RuntimeError):
