@@ -14,6 +14,7 @@
 Configuration by environment: JAXNETS_MODEL_TAG (default jaxnets-classifier:latest),
 JAXNETS_MAX_REQUEST_BYTES (default 10 MiB), JAXNETS_MAX_PIXELS (default 40 M), JAXNETS_MAX_BATCH (default 32),
 JAXNETS_MAX_LATENCY_MS (default 1000: how long a request may wait in the batching queue before a 503),
+JAXNETS_GC_INTERVAL_S (default 10: the workers collect garbage on this timer, not on allocation counts),
 and the front door's JAXNETS_READ_TIMEOUT_S, JAXNETS_MAX_UPLOADS, JAXNETS_QUEUE_TIMEOUT_S (see guard.py).
 """
 
