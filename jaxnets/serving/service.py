@@ -13,7 +13,7 @@
 
 Configuration by environment: JAXNETS_MODEL_TAG (default jaxnets-classifier:latest),
 JAXNETS_MAX_REQUEST_BYTES (default 10 MiB), JAXNETS_MAX_PIXELS (default 40 M), JAXNETS_MAX_BATCH (default 32),
-JAXNETS_MAX_LATENCY_MS (default 1000: how long a request may wait in the batching queue before a 503),
+JAXNETS_MAX_LATENCY_MS (default 3000: how long a request may wait in the batching queue before a 503),
 JAXNETS_GC_INTERVAL_S (default 10: the workers collect garbage on this timer, not on allocation counts),
 and the front door's JAXNETS_READ_TIMEOUT_S, JAXNETS_MAX_UPLOADS, JAXNETS_QUEUE_TIMEOUT_S (see guard.py).
 """
@@ -60,8 +60,9 @@ MAX_PIXELS = env_number("JAXNETS_MAX_PIXELS", DEFAULT_MAX_PIXELS)
 MAX_BATCH = env_number("JAXNETS_MAX_BATCH", 32)
 # how long a request may wait in the model's batching queue before BentoML refuses it (503, "overloaded"). Its
 # load shedding cancels the request mid-flight, which also drops the connection between the two services; at
-# 50 ms a busy 2-core machine shed requests (and dropped connections) it would have answered in a few more.
-MAX_LATENCY_MS = env_number("JAXNETS_MAX_LATENCY_MS", 1000)
+# 50 ms a busy 2-core machine shed requests (and dropped connections) it would have answered in a few more, and
+# at 1 s it shed the requests that arrived during a garbage collection of the model worker (a second or two).
+MAX_LATENCY_MS = env_number("JAXNETS_MAX_LATENCY_MS", 3000)
 MAX_BATCH_FILES = 256
 # uploads of at most this many pixels in all decode in the front's event loop (under a millisecond); larger ones in
 # a thread, so that one big image never holds up the other requests
@@ -213,7 +214,10 @@ class NonFiniteModelError(RuntimeError):
 # `max_age` seconds, closing the old one with requests still in flight on it: at a few hundred requests/s that
 # failed calls ("Connection closed", "Server disconnected") and left some waiting until the timeout. One session
 # for the life of the worker; the few connections the server closes while idle are retried (_retried_once).
-@bentoml.service(name="jaxnets_model", traffic={"timeout": 60},
+# Its timeout is 30 s, not the front's 60: BentoML's model worker keeps each request's future and trace context
+# alive until that timeout has passed (measured: memory grows for one timeout's worth of requests, then stays;
+# at 900 requests/s that was 330 MB at 60 s), and every garbage collection walks them.
+@bentoml.service(name="jaxnets_model", traffic={"timeout": 30},
                  runner_connection={"max_requests": 2**62, "max_age": 1e12}, logging={"access": {"enabled": False}})
 class JaxnetsModel:
     model_ref = MODEL_REF
