@@ -275,23 +275,15 @@ def add_parser(sub) -> None:
     modes = p.add_subparsers(dest="bench_mode", required=True)
     for mode in ("train", "predict"):
         m = modes.add_parser(mode, help=f"{mode} steps on one synthetic batch already on the device")
-        m.add_argument("--model", required=True)
-        m.add_argument("--batch", type=positive_int, default=32)
-        m.add_argument("--size", type=positive_int, default=None)
-        m.add_argument("--channels", choices=(1, 3), type=int, default=None)
-        m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+        _step_arguments(m)
         m.add_argument("--steps", type=positive_int, default=20)
         m.add_argument("--warmup", type=int, default=3)
         m.add_argument("--hidden-sizes", default=None, help="for mlp, e.g. 256,64")
         m.add_argument("--json", action="store_true")
         m.set_defaults(func=_cli_step, mode=mode)
     r = modes.add_parser("profile", help="the most expensive XLA operations of a train or predict step")
-    r.add_argument("--model", required=True)
+    _step_arguments(r)
     r.add_argument("--mode", choices=("train", "predict"), default="train")
-    r.add_argument("--batch", type=positive_int, default=32)
-    r.add_argument("--size", type=positive_int, default=None)
-    r.add_argument("--channels", choices=(1, 3), type=int, default=None)
-    r.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     r.add_argument("--steps", type=positive_int, default=3)
     r.add_argument("--top", type=positive_int, default=10)
     r.add_argument("--json", action="store_true")
@@ -325,6 +317,17 @@ def add_parser(sub) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=lambda a: _emit(bench_serve(a.url, a.concurrency, a.requests, a.image, a.batch, a.warmup),
                                         a.json))
+
+
+def _step_arguments(parser: Any) -> None:
+    """The options that say which step on which synthetic batch: shared by `bench train/predict` and `profile`."""
+    from .options import positive_int
+
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--size", type=positive_int, default=None)
+    parser.add_argument("--channels", choices=(1, 3), type=int, default=None)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
 
 
 def _cli_step(args) -> int:
