@@ -82,6 +82,11 @@ def test_random_erasing_puts_one_noise_rectangle_in_each_real_image():
         area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
         assert len(rows) == area and 0.02 * 1024 - 40 <= area <= 1024 / 3 + 40
     assert not y[5].any()
+    noise = y[:5][y[:5] != 0]  # standard normal pixels, not the same rectangle of noise pasted in every image
+    assert abs(noise.mean()) < 0.15 and abs(noise.std() - 1) < 0.15 and len(noise) > 1000
+    big = np.asarray(random_erase(jnp.zeros((64, 32, 32, 3)), jnp.ones(64, bool), jax.random.key(1), 1.0))
+    firsts = [tuple(img[np.abs(img).max(axis=-1) > 0][0]) for img in big]
+    assert len(set(firsts)) >= 56  # (two windows may meet at the same point of the shared field)
 
 
 def _tiny_state(tx, ema: bool = False):
@@ -226,6 +231,19 @@ def test_equalize_matches_pil():
         ours = np.round(np.asarray(_equalize(jnp.asarray(image / 255, jnp.float32))) * 255).astype(np.uint8)
         pil = np.asarray(ImageOps.equalize(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)))
         np.testing.assert_array_equal(ours.reshape(pil.shape), pil)
+
+
+def test_sharpness_matches_pil():
+    from PIL import Image, ImageEnhance
+
+    from jaxnets.data.trivial import _sharpen
+
+    image = np.random.default_rng(1).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    for factor in (0.1, 1.0, 1.9):
+        ours = np.asarray(_sharpen(jnp.asarray(image / 255, jnp.float32), factor)) * 255
+        pil = np.asarray(ImageEnhance.Sharpness(Image.fromarray(image)).enhance(factor), np.float32)
+        assert np.abs(ours - pil).max() <= 1.5  # PIL rounds its smoothed image to 8 bits before blending
+        np.testing.assert_array_equal(np.rint(ours[0]), image[0])  # borders are kept
 
 
 def test_the_average_moves_only_when_an_accumulated_update_is_applied():

@@ -9,7 +9,7 @@ not have to tune augmentation. Differences from torchvision, on purpose: transla
 the frame; geometry samples the edge pixels instead of black, and shears about the centre (torchvision: the corner).
 
 Under `vmap` a per-image choice computes every branch and selects, so the five geometric operations share one
-affine resample and the colour ones are cheap element-wise maps (sharpness one 3×3 blur, equalize one sort).
+affine resample and the colour ones are cheap element-wise maps (sharpness one 3×3 blur, equalize one histogram).
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ def _blend(a, b, factor):
 
 
 def _sharpen(img, factor):
-    """PIL's sharpness: blend with the image smoothed by [[1,1,1],[1,5,1],[1,1,1]]/13, borders kept."""
-    kernel = jnp.asarray([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], img.dtype) / 13
-    c = img.shape[-1]
-    smooth = jax.lax.conv_general_dilated(img[None], jnp.tile(kernel[:, :, None, None], (1, 1, 1, c)), (1, 1),
-                                          "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                          feature_group_count=c)[0]
-    h, w = img.shape[:2]
+    """PIL's sharpness: blend with the image smoothed by [[1,1,1],[1,5,1],[1,1,1]]/13, borders kept. The smoothing
+    is nine shifted slices, not a depthwise convolution: XLA:CPU ran that 15× slower (75 vs 5 ms per batch of 64
+    at 128 px)."""
+    h, w, _ = img.shape
+    padded = jnp.pad(img, ((1, 1), (1, 1), (0, 0)))
+    smooth = (sum(padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)) + 4 * img) / 13
     inner = (jnp.arange(h)[:, None, None] > 0) & (jnp.arange(h)[:, None, None] < h - 1) & \
             (jnp.arange(w)[None, :, None] > 0) & (jnp.arange(w)[None, :, None] < w - 1)
     return _blend(img, jnp.where(inner, smooth, img), factor)
@@ -50,15 +49,16 @@ def _sharpen(img, factor):
 
 def _equalize(img):
     """PIL's ImageOps.equalize per channel: a look-up table from the cumulative histogram of the 256 levels,
-    step = (pixels − those at the top level) // 255, unchanged where the step is 0 (a constant channel)."""
+    step = (pixels − those at the top level) // 255, unchanged where the step is 0 (a constant channel).
+    The histogram is one scatter-add (a sort of the pixels made TrivialAugment 10× slower than the step it feeds)."""
     h, w, c = img.shape
-    levels = jnp.round(img * 255).reshape(h * w, c)
-    ranked = jnp.sort(levels, axis=0)
-    below = jax.vmap(lambda col, v: jnp.searchsorted(col, v, side="left"), in_axes=(1, 1), out_axes=1)(ranked, levels)
-    top = h * w - jax.vmap(lambda col: jnp.searchsorted(col, col[-1], side="left"), in_axes=1)(ranked)
-    step = (h * w - top) // 255
-    mapped = jnp.minimum((below + step // 2) // jnp.maximum(step, 1), 255)
-    out = jnp.where(step > 0, mapped, levels) / 255
+    levels = jnp.round(img * 255).astype(jnp.int32).reshape(h * w, c)
+    counts = jnp.zeros(256 * c, jnp.int32).at[(levels * c + jnp.arange(c)).ravel()].add(1).reshape(256, c)
+    below = jnp.cumsum(counts, axis=0) - counts  # pixels under each level
+    highest = 255 - jnp.argmax(counts[::-1] > 0, axis=0)  # the top level present, per channel
+    step = (h * w - jnp.take_along_axis(counts, highest[None], axis=0)[0]) // 255
+    table = jnp.minimum((below + step // 2) // jnp.maximum(step, 1), 255)
+    out = jnp.where(step > 0, jnp.take_along_axis(table, levels, axis=0), levels) / 255
     return out.reshape(h, w, c).astype(img.dtype)
 
 
@@ -93,8 +93,7 @@ def _one(img, key):
     geometric = _affine(img, op, m)
     bits = 8 - jnp.round(level * 6)  # 8 … 2 bits, as torchvision's bins
     step = 2.0 ** (8 - bits)
-    candidates = [
-        img, geometric, geometric, geometric, geometric, geometric,
+    colours = [
         _blend(img, jnp.zeros_like(img), 1 + 0.99 * m),  # brightness
         _blend(img, _grey(img), 1 + 0.99 * m),  # color (saturation)
         _blend(img, jnp.broadcast_to(_grey(img).mean(), img.shape), 1 + 0.99 * m),  # contrast
@@ -104,7 +103,9 @@ def _one(img, key):
         _autocontrast(img),
         _equalize(img),
     ]
-    return jnp.select([op == i for i in range(len(candidates))], candidates, img)
+    colour = jnp.select([op == i for i in range(6, len(OPERATIONS))], colours, img)
+    # the resample's gathers once per pixel, not once per geometric branch of a 14-way select
+    return jnp.where((op >= 1) & (op <= 5), jax.lax.optimization_barrier(geometric), colour)
 
 
 def trivial_augment(images, key):

@@ -36,7 +36,7 @@ MODEL_RECIPES: dict[str, dict[str, Any]] = {
     "shallow_mlp": _SMALL_GREY,
     "mlp": _SMALL_GREY,
     "lenet5": {**_SMALL_GREY, "batch_size": 32, "optim": {**_SMALL_GREY["optim"], "lr": 2e-3}},
-    "alexnet": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 1e-3}},
+    "alexnet": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 3e-4, "warmup_epochs": 5.0}},
     "vgg": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 5e-4, "warmup_epochs": 5.0}},
     "vgg_bn": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 1e-3}},
     "resnet": _PHOTOS,
