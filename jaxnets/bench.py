@@ -177,6 +177,32 @@ def bench_data(data: str, size: int, batch: int, channels: int = 3, epochs: int 
             "cached_images_per_s": round(len(loader) / cached, 1), "device": device_name()}
 
 
+def bench_augment(augment: str, mixup: float, cutmix: float, erase: float, size: int, batch: int,
+                  channels: int = 3, steps: int = 10) -> dict[str, Any]:
+    """The train step's input pipeline alone (augmentation, MixUp/CutMix, erasing, normalisation) on a random
+    uint8 batch on the device: what it adds to every step of a run with those options."""
+    from . import runtime
+    from .data.augment import get_augment
+    from .data.mix import MixSpec
+    from .data.preprocess import PreprocessSpec
+    from .train.steps import StepConfig, step_inputs
+
+    cfg = StepConfig(PreprocessSpec(size, size, channels, normalize="imagenet"), 2, True,
+                     augment=get_augment(augment), mix=MixSpec(mixup, cutmix), erase=erase)
+    rng = np.random.default_rng(0)
+    data = jax.device_put({"image": rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8),
+                           "label": rng.integers(0, 2, batch).astype(np.int32), "mask": np.ones(batch, bool)})
+    run = runtime.jit(lambda key, b: step_inputs(key, b, cfg)[0])
+    jax.block_until_ready(run(jax.random.key(0), data))
+    t0 = time.perf_counter()
+    for i in range(steps):
+        out = run(jax.random.key(i + 1), data)
+    jax.block_until_ready(out)
+    ms = (time.perf_counter() - t0) / steps * 1e3
+    return {"augment": augment, "mixup": mixup, "cutmix": cutmix, "erase": erase, "size": size, "batch": batch,
+            "ms_per_batch": round(ms, 2), "images_per_s": round(batch / ms * 1e3, 1), "device": device_name()}
+
+
 def bench_epoch(model: str, data: str, size: int | None, batch: int, epochs: int, resize: str = "stretch",
                 channels: int | None = None, lr: float = 1e-3, out: str | None = None) -> dict[str, Any]:
     """Whole training epochs on real data, input pipeline included (decode once, then cached)."""
@@ -295,6 +321,18 @@ def add_parser(sub) -> None:
     d.add_argument("--batch", type=positive_int, default=64)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=lambda a: _emit(bench_data(a.data, a.size, a.batch, a.channels), a.json))
+    a = modes.add_parser("augment", help="the train step's on-device input pipeline alone")
+    a.add_argument("--augment", choices=("none", "flip", "light", "classic", "trivial"), default="trivial")
+    a.add_argument("--mixup", type=float, default=0.2)
+    a.add_argument("--cutmix", type=float, default=1.0)
+    a.add_argument("--erase", type=float, default=0.25)
+    a.add_argument("--size", type=positive_int, default=128)
+    a.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    a.add_argument("--batch", type=positive_int, default=64)
+    a.add_argument("--steps", type=positive_int, default=10)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=lambda a: _emit(bench_augment(a.augment, a.mixup, a.cutmix, a.erase, a.size, a.batch,
+                                                      a.channels, a.steps), a.json))
     e = modes.add_parser("epoch", help="whole training epochs on real data, input pipeline included")
     e.add_argument("--model", required=True)
     e.add_argument("--data", required=True)

@@ -35,3 +35,14 @@ def test_bench_profile_names_the_expensive_operations_of_a_step(capsys):
     assert shares == sorted(shares, reverse=True) and 1.0 - rounding <= sum(shares) <= 1.0 + rounding
     assert any(row["what"].startswith("convolution") for row in result["top"])
     assert sum(row["share"] for row in result["kinds"]) <= 1.0 + 5e-5 * len(result["kinds"])
+
+
+def test_bench_augment_times_the_steps_own_input_pipeline(capsys):
+    # the photo recipe's pipeline (TrivialAugmentWide, MixUp/CutMix, erasing) on a small batch, then none of it
+    args = ["bench", "augment", "--size", "24", "--batch", "4", "--steps", "2", "--json"]
+    assert main(args) == 0
+    full = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert full["augment"] == "trivial" and full["erase"] == 0.25 and full["ms_per_batch"] > 0
+    assert main([*args[:-1], "--augment", "none", "--mixup", "0", "--cutmix", "0", "--erase", "0", "--json"]) == 0
+    bare = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bare["augment"] == "none" and bare["images_per_s"] > 0

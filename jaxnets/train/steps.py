@@ -49,10 +49,9 @@ def ema_decay(decay: float, step: jax.Array) -> jax.Array:
     return jnp.minimum(decay, (1 + step) / (10 + step))
 
 
-def _inputs(state: TrainState, batch, cfg: StepConfig):
+def step_inputs(key: jax.Array, batch, cfg: StepConfig):
     """(normalised images, target probabilities, dropout key): augmentation, MixUp/CutMix and erasing, all on
-    device and all from the state's key and step."""
-    key = jax.random.fold_in(state.rng, state.step)
+    device and all from `key` (the train step's: its state's key folded with the step number)."""
     aug_key, dropout_key, mix_key, erase_key = jax.random.split(key, 4)
     images = augment_batch(to_unit(batch["image"]), aug_key, cfg.augment)
     targets = soft_targets(batch["label"], cfg.num_classes, cfg.binary)
@@ -66,7 +65,7 @@ def make_train_step(model, tx, cfg: StepConfig) -> Callable:
     soft = not cfg.mix.is_identity or cfg.class_weights is not None
 
     def train_step(state: TrainState, batch):
-        x, targets, dropout_key = _inputs(state, batch, cfg)
+        x, targets, dropout_key = step_inputs(jax.random.fold_in(state.rng, state.step), batch, cfg)
         mask = batch["mask"]
         count = jnp.maximum(jnp.sum(mask), 1)
         has_bn = bool(state.batch_stats)
@@ -117,7 +116,7 @@ def make_head_step(model, head_tx, cfg: StepConfig) -> Callable:
     soft = not cfg.mix.is_identity or cfg.class_weights is not None
 
     def head_step(state: TrainState, batch):
-        x, targets, _ = _inputs(state, batch, cfg)
+        x, targets, _ = step_inputs(jax.random.fold_in(state.rng, state.step), batch, cfg)
         mask = batch["mask"]
         count = jnp.maximum(jnp.sum(mask), 1)
         weights = example_weights(targets, cfg.class_weights, cfg.binary)
