@@ -9,6 +9,10 @@ Each family gets the recipe that fits the data it is meant for and its size:
   AdamW with weight decay 0.05, a warm-up (VGG without BatchNorm needs a lower rate and a longer one to leave
   chance level), a weight average (EMA) for evaluation, and long cosine runs (after timm's "ResNet strikes
   back" procedures, scaled down to small data sets).
+* AlexNet (no BatchNorm) is the exception: at AdamW 1e-3 it collapsed to chance at the end of its warm-up, and
+  under TrivialAugment + MixUp/CutMix it had learned almost nothing after 9 epochs (65 % val); the classic
+  augmentation (crops, flips, small rotations, colour jitter) with erasing at 2e-4 reaches 82.75 % val in 40
+  epochs at 128 px (README, results table).
 The recipes are plain dictionaries of TrainConfig fields (and "optim" for OptimConfig's); `--help` prints them.
 """
 
@@ -36,7 +40,8 @@ MODEL_RECIPES: dict[str, dict[str, Any]] = {
     "shallow_mlp": _SMALL_GREY,
     "mlp": _SMALL_GREY,
     "lenet5": {**_SMALL_GREY, "batch_size": 32, "optim": {**_SMALL_GREY["optim"], "lr": 2e-3}},
-    "alexnet": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 3e-4, "warmup_epochs": 5.0}},
+    "alexnet": {**_PHOTOS, "epochs": 40, "augment": "classic", "mixup": 0.0, "cutmix": 0.0,
+                "optim": {**_PHOTOS["optim"], "lr": 2e-4}},
     "vgg": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 5e-4, "warmup_epochs": 5.0}},
     "vgg_bn": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 1e-3}},
     "resnet": _PHOTOS,
