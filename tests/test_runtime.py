@@ -76,3 +76,17 @@ def test_other_convolutions_stay_lax_bit_for_bit(shape, kernel, strides, padding
     apply = lambda v, x: conv.apply(v, x)  # noqa: E731
     assert _convs(cpu.with_narrow_convs(apply), variables, x) == 1
     np.testing.assert_array_equal(cpu.with_narrow_convs(apply)(variables, x), apply(variables, x))
+
+
+@pytest.mark.parametrize("shape, kernel", [((3, 14, 14, 6), (5, 5, 6, 16)), ((2, 9, 7, 3), (3, 2, 3, 5))])
+def test_a_few_channel_convolution_has_lax_values_and_gradients(shape, kernel):
+    # LeNet-5's second layer (6 → 16, 5×5) and an uneven one: the input gradient is computed as matmul + col2im
+    conv = nn.Conv(kernel[-1], kernel[:2], padding="VALID")
+    x = jnp.asarray(np.random.default_rng(2).normal(size=shape), jnp.float32)
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    loss = lambda v, x: jnp.sum(jnp.sin(conv.apply(v, x)))  # noqa: E731
+    fast = jax.jit(cpu.with_narrow_convs(jax.value_and_grad(loss, argnums=(0, 1))))(variables, x)
+    slow = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables, x)
+    assert "custom_vjp" in str(jax.make_jaxpr(cpu.with_narrow_convs(loss))(variables, x))
+    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
