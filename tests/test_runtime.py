@@ -90,3 +90,23 @@ def test_a_few_channel_convolution_has_lax_values_and_gradients(shape, kernel):
     assert "custom_vjp" in str(jax.make_jaxpr(cpu.with_narrow_convs(loss))(variables, x))
     for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize("strides, padding", [((1, 1), [(1, 1), (1, 1)]), ((2, 2), "SAME"), ((2, 2), "VALID")])
+def test_a_wide_convolution_has_lax_values_and_gradients_from_its_stored_input(strides, padding):
+    # ResNet's and VGG's convolutions (≥ 64 input channels): lax's own gradient, read from the stored input
+    conv = nn.Conv(8, (3, 3), strides=strides, padding=padding)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 9, 9, cpu.WIDE_CHANNELS)), jnp.float32)
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    loss = lambda v, x: jnp.sum(jnp.sin(conv.apply(v, jax.nn.relu(x) * 2)))  # noqa: E731
+    fast = jax.jit(cpu.with_narrow_convs(jax.value_and_grad(loss, argnums=(0, 1))))(variables, x)
+    slow = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables, x)
+    assert "custom_vjp" in str(jax.make_jaxpr(cpu.with_narrow_convs(loss))(variables, x))
+    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_the_stored_input_is_the_input_even_when_it_is_not_finite():
+    x = jnp.asarray([[np.nan, 1.0], [np.inf, -np.inf]])
+    for value in (x, x[::-1], jnp.zeros(3)):
+        np.testing.assert_array_equal(jax.jit(cpu._materialized)(value), value)
