@@ -53,11 +53,11 @@ def main() -> None:
             return jnp.sum(x.reshape(32, 1, -1).astype(jnp.float32) * scaled, axis=-1) - (mean / std) * w.sum(0)
 
         print(f"{name} ({size} px, {width} output(s)): µs per batch of 32 (best, median)")
-        print("  dispatch floor   ", timed(runtime.jit(lambda x: x[:1, :1, :1, :1].astype(jnp.float32)), pixels))
+        print(f"  {'dispatch floor':<22}", timed(runtime.jit(lambda x: x[:1, :1, :1, :1].astype(jnp.float32)), pixels))
         for label, fun in (("from uint8, as now", as_now), ("normalisation folded", folded),
                            ("fused multiply-reduce", multiply_reduce)):
-            print(f"  {label:<18}", timed(runtime.jit(fun), w, pixels))
-        print("  float32 input    ", timed(runtime.jit(lambda w, x: x @ w), w, floats))
+            print(f"  {label:<22}", timed(runtime.jit(fun), w, pixels))
+        print(f"  {'float32 input':<22}", timed(runtime.jit(lambda w, x: x @ w), w, floats))
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ def random_erase(images, mask, key, p: float):
     """Normalised images [B,H,W,C] → the same with rectangles erased; identity for p = 0.
 
     The noise of each image is a random window of one shared field of 2H × 2W standard normals: independent
-    pixels within an image, as timm's, at 1/16 of the random numbers of a field per image (which took 30 ms
-    of a 128 px batch of 64). One `where` per pixel, so that XLA does not compute the augmentation before it
-    twice."""
+    pixels within an image, as timm's, from 4/B of the random numbers of a field per image (those took 30 ms of
+    a 128 px batch of 64). Windows may overlap, so two images of a batch can carry shifted copies of the same
+    noise; within an image it is independent. One `where` per pixel, so that XLA does not compute the
+    augmentation before it twice."""
     if p <= 0:
         return images
     b, h, w, c = images.shape

@@ -60,6 +60,18 @@ def _box(key: jax.Array, lam: jax.Array, h: int, w: int) -> tuple[jax.Array, jax
     return inside, 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
+def _rows(images: jax.Array, index: jax.Array) -> jax.Array:
+    """images[index]. On CPU as a product with a 0/1 permutation matrix at full precision, not a gather: XLA:CPU
+    fused the gather with the augmentation that made `images` and ran all of it twice per pixel (160 vs 57 ms per
+    batch of 64 at 128 px); a dot takes its input materialised, and copies finite pixels exactly (B² × pixels
+    multiply-adds: ~1 % of a ResNet step). Elsewhere the gather."""
+    if jax.default_backend() != "cpu":
+        return images[index]
+    permutation = jax.nn.one_hot(index, images.shape[0], dtype=images.dtype)
+    flat = jnp.matmul(permutation, images.reshape(images.shape[0], -1), precision=jax.lax.Precision.HIGHEST)
+    return flat.reshape(images.shape)
+
+
 def mix_batch(images: jax.Array, targets: jax.Array, mask: jax.Array, key: jax.Array, spec: MixSpec
               ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(images, targets, lam) mixed: images [B,H,W,C] float, targets [B, K] or [B] probabilities."""
@@ -75,11 +87,7 @@ def mix_batch(images: jax.Array, targets: jax.Array, mask: jax.Array, key: jax.A
     lam_cut = jax.random.beta(k_lam_cut, spec.cutmix, spec.cutmix) if spec.cutmix > 0 else jnp.ones(())
     inside, kept = _box(k_box, lam_cut, h, w)
     lam = jnp.where(use_cut, kept, lam_mix).astype(images.dtype)
-    # the partners as a product with a permutation matrix, not a gather: XLA:CPU fused the gather with the
-    # augmentation that made `images` and ran all of it twice per pixel (160 vs 57 ms per batch of 64, 128 px);
-    # a dot takes its input materialised, and 0/1 weights copy finite pixels exactly
-    permutation = jax.nn.one_hot(other, images.shape[0], dtype=images.dtype)
-    partner_images = (permutation @ images.reshape(images.shape[0], -1)).reshape(images.shape)
+    partner_images = _rows(images, other)
     blended = lam * images + (1 - lam) * partner_images
     pasted = jnp.where(inside[None, :, :, None], partner_images, images)
     mixed = jnp.where(use_cut, pasted, blended)

@@ -52,7 +52,7 @@ def _equalize(img):
     step = (pixels − those at the top level) // 255, unchanged where the step is 0 (a constant channel).
     The histogram is one scatter-add (a sort of the pixels made TrivialAugment 10× slower than the step it feeds)."""
     h, w, c = img.shape
-    levels = jnp.round(img * 255).astype(jnp.int32).reshape(h * w, c)
+    levels = jnp.clip(jnp.round(img * 255), 0, 255).astype(jnp.int32).reshape(h * w, c)
     counts = jnp.zeros(256 * c, jnp.int32).at[(levels * c + jnp.arange(c)).ravel()].add(1).reshape(256, c)
     below = jnp.cumsum(counts, axis=0) - counts  # pixels under each level
     highest = 255 - jnp.argmax(counts[::-1] > 0, axis=0)  # the top level present, per channel

@@ -96,7 +96,9 @@ def _few_channel_bwd(residuals, g):
     lhs, rhs = residuals
     kh, kw, c, o = rhs.shape
     n, h, w, _ = g.shape
-    spread = (g.reshape(-1, o) @ rhs.reshape(kh * kw * c, o).T.astype(g.dtype)).reshape(n, h, w, kh, kw, c)
+    # in float32 whatever the compute dtype, as lax accumulates: bfloat16 sums of the windows lost 4× accuracy
+    spread = jnp.matmul(g.reshape(-1, o), rhs.reshape(kh * kw * c, o).T.astype(g.dtype),
+                        preferred_element_type=jnp.float32).reshape(n, h, w, kh, kw, c)
     d_lhs = sum(jnp.pad(spread[:, :, :, i, j], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
                 for i in range(kh) for j in range(kw))
     d_rhs = jax.vjp(lambda r: _lax_valid_conv(lhs, r), rhs)[1](g)[0]
@@ -173,7 +175,9 @@ def _narrow_conv_interceptor(next_fun, args, kwargs, context):
 
 
 def with_narrow_convs(fun: Callable) -> Callable:
-    """`fun`, traced with every plain `nn.Conv` going through the narrow-convolution path."""
+    """`fun`, traced with every plain `nn.Conv` going through `conv_general_dilated` above (the one-channel,
+    few-channel and wide paths of the module docstring). Their gradients are custom VJPs: reverse mode (and
+    reverse over reverse) works, forward mode (`jax.jvp`) through them does not — nothing in jaxnets uses it."""
 
     @functools.wraps(fun)
     def traced(*args, **kwargs):
