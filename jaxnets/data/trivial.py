@@ -103,9 +103,8 @@ def _one(img, key):
         _autocontrast(img),
         _equalize(img),
     ]
-    colour = jnp.select([op == i for i in range(6, len(OPERATIONS))], colours, img)
-    # the resample's gathers once per pixel, not once per geometric branch of a 14-way select
-    return jnp.where((op >= 1) & (op <= 5), jax.lax.optimization_barrier(geometric), colour)
+    candidates = [img, *[geometric] * 5, *colours]  # identity, the five geometric ones, the colour ones
+    return jnp.select([op == i for i in range(len(OPERATIONS))], candidates, img)
 
 
 def trivial_augment(images, key):
