@@ -128,3 +128,76 @@ def test_the_stored_input_is_the_input_even_when_it_is_not_finite():
     x = jnp.asarray([[np.nan, 1.0], [np.inf, -np.inf]])
     for value in (x, x[::-1], jnp.zeros(3)):
         np.testing.assert_array_equal(jax.jit(cpu._materialized)(value), value)
+
+
+@pytest.mark.parametrize("batch_shape, dtype", [((6,), jnp.float32), ((2, 3), jnp.float32), ((6,), jnp.bfloat16)])
+def test_a_narrow_dense_layer_has_lax_values_and_gradients(batch_shape, dtype):
+    # logistic regression, the shallow net: few outputs from many inputs; the kernel's gradient as gᵀ·x, transposed
+    dense = nn.Dense(cpu.NARROW_OUTPUTS, dtype=dtype)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(*batch_shape, cpu.NARROW_INPUTS)), jnp.float32)
+    variables = dense.init(jax.random.PRNGKey(0), x)
+    loss = lambda v, x: jnp.sum(jnp.sin(dense.apply(v, x)).astype(jnp.float32))  # noqa: E731
+    fast = jax.jit(cpu.with_narrow_convs(jax.value_and_grad(loss, argnums=(0, 1))))(variables, x)
+    slow = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables, x)
+    assert "custom_vjp" in str(jax.make_jaxpr(cpu.with_narrow_convs(loss))(variables, x))
+    assert "cond[" in str(jax.make_jaxpr(cpu.with_narrow_convs(jax.grad(loss)))(variables, x))  # gᵀ·x, stored
+    tolerance = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
+                                   atol=tolerance * float(jnp.max(jnp.abs(want.astype(jnp.float32)))))
+
+
+@pytest.mark.parametrize("features, inputs", [(cpu.NARROW_OUTPUTS + 1, cpu.NARROW_INPUTS),
+                                              (cpu.NARROW_OUTPUTS, cpu.NARROW_INPUTS - 1)])
+def test_dense_layers_outside_the_narrow_shape_keep_lax_gradient(features, inputs):
+    # wider layers (XLA's own product is faster there) and short inputs are left as they are
+    dense = nn.Dense(features)
+    x = jnp.ones((4, inputs))
+    variables = dense.init(jax.random.PRNGKey(0), x)
+    loss = lambda v: jnp.sum(dense.apply(v, x))  # noqa: E731
+    assert "custom_vjp" not in str(jax.make_jaxpr(cpu.with_narrow_convs(loss))(variables))
+
+
+_PAGE_FAULTS = """
+import resource, sys
+import jax, jax.numpy as jnp, numpy as np
+from jaxnets import runtime
+# a step whose temporary buffers are a few MB (the shallow net's normalised input is 6 MB)
+step = runtime.jit(lambda w, x: jax.grad(lambda w: jnp.sum(jnp.tanh(
+    (x.astype(jnp.float32) / 255).reshape(32, -1) @ w)))(w))
+w, x = jnp.ones((49152, 4)), jnp.asarray(np.random.default_rng(0).integers(0, 256, (32, 128, 128, 3), np.uint8))
+for _ in range(20):
+    jax.block_until_ready(step(w, x))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(200):
+    jax.block_until_ready(step(w, x))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 200)
+"""
+
+
+def test_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
+    import subprocess
+    import sys
+
+    faults = {}
+    for choice in ("keep", "system"):
+        env = {**__import__("os").environ, cpu.MALLOC_ENV: choice}
+        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], env=env, capture_output=True, text=True,
+                             check=True)
+        faults[choice] = float(out.stdout.split()[-1])
+    if not cpu.keep_freed_memory():
+        pytest.skip("not glibc: no mallopt")
+    assert faults["keep"] < 5, faults  # the step's buffers come back from the heap already mapped
+    assert faults["system"] > 10 * max(faults["keep"], 1), faults  # glibc's defaults map them afresh every call
+
+
+def test_the_malloc_switch_refuses_unknown_values(monkeypatch):
+    monkeypatch.setenv(cpu.MALLOC_ENV, "fast")
+    cpu.keep_freed_memory.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="keep"):
+            cpu.keep_freed_memory()
+    finally:
+        monkeypatch.delenv(cpu.MALLOC_ENV)
+        cpu.keep_freed_memory.cache_clear()

@@ -21,5 +21,6 @@ def jit(fun: Callable, **kwargs) -> Callable:
     if jax.default_backend() != "cpu":
         return jax.jit(fun, **kwargs)
     options = cpu.compiler_options()
+    cpu.keep_freed_memory()
     traced = cpu.with_narrow_convs(fun)
     return jax.jit(traced, compiler_options=options, **kwargs) if options else jax.jit(traced, **kwargs)

@@ -18,10 +18,24 @@
    gradient reads the input the forward pass stored: XLA:CPU otherwise recomputes BatchNorm + ReLU (+ the
    residual add) inside the channel-major transpose that convolution needs, reading across the grain. ResNet-18's
    transposes 100 → 55 ms per step at 128 px, the step −6 %, AlexNet −4 %, VGG-16 unchanged (interleaved A/B).
+4. Narrow dense layers (a few outputs from many inputs: logistic regression, the shallow net's first layer).
+   XLA:CPU computes the kernel's gradient xᵀ·g as a product that contracts the batch axis of x in place, 0.70 ms
+   for the shallow net's [32, 49152] → 4 layer; gᵀ·x, which reads x along its rows, takes 0.10 ms, and the
+   small [4, 49152] result transposed from a stored buffer 0.03 ms more (the shallow net's train step 1.16 →
+   ~0.6 ms). With more outputs XLA's own product is the faster one (at 32 outputs 0.23 ms against 1.1 ms), so
+   only layers of at most NARROW_OUTPUTS outputs and at least NARROW_INPUTS inputs take this path.
+5. Freed memory kept. XLA:CPU allocates a step's temporary buffers with malloc and frees them when the step
+   ends; glibc hands blocks of more than a few MB back to the kernel at once (munmap, or trimming the heap),
+   so the next step page-faults and zeroes them again: 125 page faults per call of the shallow net's
+   gradient, a third of its time in the kernel (perf). `keep_freed_memory` raises glibc's mmap and trim
+   thresholds (mallopt, process-wide, once) so that a step's buffers are reused; `JAXNETS_CPU_MALLOC=system`
+   leaves glibc's defaults. Buffers above the 32 MB mmap ceiling (ResNet/VGG activations) are still mapped
+   afresh.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 from collections.abc import Callable
@@ -54,6 +68,29 @@ def compiler_options() -> dict[str, Any] | None:
     if choice == "xla":
         return None
     return dict(YNN_DOTS) if _accepted(tuple(YNN_DOTS.items())) else None
+
+
+MALLOC_ENV = "JAXNETS_CPU_MALLOC"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 * 2**20  # glibc's ceiling for it on 64-bit machines
+TRIM_THRESHOLD = 256 * 2**20  # free memory at the top of the heap beyond this goes back to the kernel
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds, once per process (see the module docstring): True when set,
+    False where the C library is not glibc or `JAXNETS_CPU_MALLOC=system` asks for its defaults."""
+    choice = os.environ.get(MALLOC_ENV, "keep").lower()
+    if choice not in ("keep", "system"):
+        raise ValueError(f"{MALLOC_ENV} must be 'keep' or 'system', got {choice!r}")
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):  # musl, macOS, Windows: no mallopt
+        return False
+    if choice == "system":
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 @jax.custom_vjp
@@ -139,6 +176,38 @@ _stored_input_conv.defvjp(_stored_input_fwd, _stored_input_bwd)
 WIDE_CHANNELS = 64  # from this many input channels, the weight gradient reads the stored input
 
 
+@jax.custom_vjp
+def _narrow_dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return x @ kernel
+
+
+def _narrow_dense_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _narrow_dense_bwd(residuals, g):
+    x, kernel = residuals
+    rows, g_rows = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    # the [outputs, inputs] product first, from a buffer XLA cannot fold back into an in-place transposed dot
+    d_kernel = _materialized(jnp.matmul(g_rows.T, rows, preferred_element_type=jnp.float32)).T
+    return (g @ kernel.T).astype(x.dtype), d_kernel.astype(kernel.dtype)
+
+
+_narrow_dense.defvjp(_narrow_dense_fwd, _narrow_dense_bwd)
+NARROW_OUTPUTS, NARROW_INPUTS = 10, 512  # the dense layers `_narrow_dense` takes (measured crossovers)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """`lax.dot_general` as nn.Dense calls it, except a narrow layer (see the module docstring)."""
+    (contract_l, contract_r), batch = dimension_numbers
+    if (rhs.ndim == 2 and tuple(contract_l) == (lhs.ndim - 1,) and tuple(contract_r) == (0,) and batch == ((), ())
+            and precision is None and preferred_element_type is None and lhs.dtype == rhs.dtype
+            and rhs.shape[1] <= NARROW_OUTPUTS and rhs.shape[0] >= NARROW_INPUTS):
+        return _narrow_dense(lhs, rhs)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """`lax.conv_general_dilated`, except a stride-1 VALID convolution of an NHWC image with one channel (computed
@@ -165,18 +234,24 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 
 def _narrow_conv_interceptor(next_fun, args, kwargs, context):
-    """Run a plain `nn.Conv` through `conv_general_dilated` above, with the same parameters."""
+    """Run a plain `nn.Conv` through `conv_general_dilated` above and a plain `nn.Dense` through `dot_general`,
+    with the same parameters."""
     module = context.module
-    if (context.method_name != "__call__" or type(module) is not nn.Conv or module.is_initializing()
-            or module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None):
+    if context.method_name != "__call__" or module.is_initializing():
         return next_fun(*args, **kwargs)
-    fast = module.clone(parent=None, conv_general_dilated=conv_general_dilated)
+    if type(module) is nn.Conv and module.conv_general_dilated is None and module.conv_general_dilated_cls is None:
+        fast = module.clone(parent=None, conv_general_dilated=conv_general_dilated)
+    elif type(module) is nn.Dense and module.dot_general is None and module.dot_general_cls is None:
+        fast = module.clone(parent=None, dot_general=dot_general)
+    else:
+        return next_fun(*args, **kwargs)
     return fast.apply({"params": module.variables["params"]}, *args, **kwargs)
 
 
 def with_narrow_convs(fun: Callable) -> Callable:
     """`fun`, traced with every plain `nn.Conv` going through `conv_general_dilated` above (the one-channel,
-    few-channel and wide paths of the module docstring). Their gradients are custom VJPs: reverse mode (and
+    few-channel and wide paths of the module docstring) and every plain `nn.Dense` through `dot_general` (the
+    narrow path). Their gradients are custom VJPs: reverse mode (and
     reverse over reverse) works, forward mode (`jax.jvp`) through them does not — nothing in jaxnets uses it."""
 
     @functools.wraps(fun)
