@@ -36,11 +36,13 @@ def device_name() -> str:
 
 
 def forward_flops_per_image(model, variables, shape) -> float | None:
-    """Forward FLOPs of one image from XLA's own cost analysis of the compiled eval forward."""
+    """Forward FLOPs of one image from XLA's cost analysis of the eval forward as lowered, before any backend
+    compiles it: there every convolution is still a convolution (a GPU's compiled module has them as cuDNN calls,
+    which its cost analysis counts as nothing). `variables` may be arrays or their shapes."""
     try:
-        compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-            variables, jnp.zeros((1, *shape), jnp.float32)).compile()
-        cost = compiled.cost_analysis()
+        lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+            variables, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+        cost = lowered.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", 0.0)) or None
     except Exception:  # cost analysis is best effort and backend-dependent
@@ -204,7 +206,8 @@ def bench_augment(augment: str, mixup: float, cutmix: float, erase: float, size:
 
 
 def bench_epoch(model: str, data: str, size: int | None, batch: int, epochs: int, resize: str = "stretch",
-                channels: int | None = None, lr: float = 1e-3, out: str | None = None) -> dict[str, Any]:
+                channels: int | None = None, lr: float = 1e-3, out: str | None = None,
+                dtype: str = "float32") -> dict[str, Any]:
     """Whole training epochs on real data, input pipeline included (decode once, then cached)."""
     import tempfile
 
@@ -213,11 +216,11 @@ def bench_epoch(model: str, data: str, size: int | None, batch: int, epochs: int
     out = out or tempfile.mkdtemp(prefix="jaxnets-bench-")
     t0 = time.perf_counter()
     result = fit(TrainConfig(model=model, data=data, size=size, channels=channels, resize=resize, epochs=epochs,
-                             batch_size=batch, optim=OptimConfig(lr=lr), val_split=0.0, test_split=0.0,
+                             batch_size=batch, optim=OptimConfig(lr=lr), val_split=0.0, test_split=0.0, dtype=dtype,
                              monitor="train_accuracy", out=out, overwrite=True, quiet=True))
     total = time.perf_counter() - t0
     seconds = [h["seconds"] for h in result.history]
-    return {"model": model, "data": data, "size": size, "batch": batch, "epochs": epochs,
+    return {"model": model, "data": data, "size": size, "batch": batch, "epochs": epochs, "dtype": dtype,
             "seconds_per_epoch": round(statistics.median(seconds), 3),
             "first_epoch_s": round(seconds[0], 3),
             "images_per_s": round(statistics.median(h["images_per_s"] for h in result.history), 1),
@@ -342,9 +345,10 @@ def add_parser(sub) -> None:
     e.add_argument("--batch", type=positive_int, default=64)
     e.add_argument("--epochs", type=positive_int, default=2)
     e.add_argument("--lr", type=float, default=1e-3)
+    e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=lambda a: _emit(bench_epoch(a.model, a.data, a.size, a.batch, a.epochs, a.resize,
-                                                    a.channels, a.lr), a.json))
+                                                    a.channels, a.lr, dtype=a.dtype), a.json))
     s = modes.add_parser("serve", help="requests/s and latency against a running service")
     s.add_argument("--url", default="http://127.0.0.1:3000")
     s.add_argument("--concurrency", type=positive_int, default=16)
