@@ -155,17 +155,26 @@ class BatchNorm(nn.Module):
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
-            axes = tuple(range(x.ndim - 1))
-            x32 = x.astype(jnp.float32)
-            mean = x32.mean(axes)
-            var = jnp.square(x32 - mean).mean(axes)
+            mean, var = self.batch_moments(x.astype(jnp.float32))
             if not self.is_initializing():
                 n = x.size // features
                 unbiased = var * (n / max(n - 1, 1))
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
         mul = scale * jax.lax.rsqrt(var + self.epsilon)
-        return (x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)).astype(self.dtype)
+        return self.scale_shift(x, mul.astype(self.dtype), (bias - mean * mul).astype(self.dtype)).astype(self.dtype)
+
+    # The two pieces with reductions over the batch, as methods so that a backend can compute them its own way
+    # (runtime/cpu.py does, intercepting them by name); the model's function stays the one written here.
+    def batch_moments(self, x32: Array) -> tuple[Array, Array]:
+        """Per-channel mean and (biased) variance over every axis but the last, in two passes."""
+        axes = tuple(range(x32.ndim - 1))
+        mean = x32.mean(axes)
+        return mean, jnp.square(x32 - mean).mean(axes)
+
+    def scale_shift(self, x: Array, mul: Array, shift: Array) -> Array:
+        """x · mul + shift, per channel."""
+        return x * mul + shift
 
 
 def avg_pool2(x: Array) -> Array:
