@@ -13,7 +13,7 @@ import jax
 
 from . import cpu
 
-__all__ = ["cpu", "jit"]
+__all__ = ["cpu", "jit", "training_process"]
 
 
 def jit(fun: Callable, **kwargs) -> Callable:
@@ -21,6 +21,13 @@ def jit(fun: Callable, **kwargs) -> Callable:
     if jax.default_backend() != "cpu":
         return jax.jit(fun, **kwargs)
     options = cpu.compiler_options()
-    cpu.keep_freed_memory()
-    traced = cpu.with_narrow_convs(fun)
+    traced = cpu.with_cpu_kernels(fun)
     return jax.jit(traced, compiler_options=options, **kwargs) if options else jax.jit(traced, **kwargs)
+
+
+def training_process() -> None:
+    """Process-wide settings for a process that runs training steps: on CPU, glibc keeps the freed memory of a
+    step for the next one (cpu.keep_freed_memory). Not for a process that only predicts (the service): there
+    the default thresholds hand memory back between requests."""
+    if jax.default_backend() == "cpu":
+        cpu.keep_freed_memory()

@@ -8,9 +8,10 @@
    them. They go to `jax.jit(..., compiler_options=...)` of our steps only, never to the process-wide
    XLA_FLAGS. `JAXNETS_CPU_DOTS=xla` turns them off.
 2. Narrow convolutions. XLA:CPU runs a stride-1 VALID convolution of a one-channel image (LeNet-5's first
-   layer) at ~5 GFLOP/s. `with_narrow_convs` computes exactly that case as a sum of shifted slices (6×
-   faster forward on a batch of 64 digits, the same function to float rounding, lax's own backward),
-   by intercepting `nn.Conv` while a step is traced: the model and its parameters stay plain Flax.
+   layer) at ~5 GFLOP/s. `with_cpu_kernels` (which applies every item below) computes exactly that case as a
+   sum of shifted slices (6× faster forward on a batch of 64 digits, the same function to float rounding,
+   lax's own backward), by intercepting `nn.Conv` while a step is traced: the model and its parameters stay
+   plain Flax.
    With 2–16 input channels (LeNet-5's second layer) the forward stays lax's, but the input gradient —
    a transposed convolution XLA:CPU runs at a few GFLOP/s for a 6-channel output (0.90 ms of a 2.7 ms step)
    — is one matmul and a col2im sum of shifted windows (0.41 ms), the same values to float rounding.
@@ -28,9 +29,10 @@
    ends; glibc hands blocks of more than a few MB back to the kernel at once (munmap, or trimming the heap),
    so the next step page-faults and zeroes them again: 125 page faults per call of the shallow net's
    gradient, a third of its time in the kernel (perf). `keep_freed_memory` raises glibc's mmap and trim
-   thresholds (mallopt, process-wide, once) so that a step's buffers are reused; `JAXNETS_CPU_MALLOC=system`
-   leaves glibc's defaults. Buffers above the 32 MB mmap ceiling (ResNet/VGG activations) are still mapped
-   afresh.
+   thresholds (mallopt, process-wide, once) so that a step's buffers are reused; building a train step does it
+   (`runtime.training_process`), a process that only predicts keeps glibc's defaults, and
+   `JAXNETS_CPU_MALLOC=system` leaves them everywhere. Buffers above the 32 MB mmap ceiling (ResNet/VGG
+   activations) are still mapped afresh.
 6. BatchNorm's reductions (ResNet, VGG-BN). XLA:CPU sums a [32, 64, 64, 64] activation over (N, H, W) at 2–3
    GB/s when the summand is a fusion (13 ms; its gradients' Σg and Σg·x re-derive a max pool's backward inside
    the reduction: 42 ms each for ResNet's stem), ~87 ms of ResNet-18's 128-px step in all. `layers.BatchNorm`
@@ -46,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -91,14 +94,15 @@ def keep_freed_memory() -> bool:
     choice = os.environ.get(MALLOC_ENV, "keep").lower()
     if choice not in ("keep", "system"):
         raise ValueError(f"{MALLOC_ENV} must be 'keep' or 'system', got {choice!r}")
+    if choice == "system" or not sys.platform.startswith("linux"):
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):  # musl, macOS, Windows: no mallopt
-        return False
-    if choice == "system":
+    except (AttributeError, OSError, TypeError):  # musl: no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mapped, trimmed = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD), mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mapped) and bool(trimmed)
 
 
 @jax.custom_vjp
@@ -241,15 +245,18 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
 
 
-def _narrow_conv_interceptor(next_fun, args, kwargs, context):
-    """Run a plain `nn.Conv` through `conv_general_dilated` above and a plain `nn.Dense` through `dot_general`,
-    with the same parameters."""
+def _cpu_interceptor(next_fun, args, kwargs, context):
+    """Run a plain `nn.Conv` through `conv_general_dilated` above, a plain `nn.Dense` through `dot_general`,
+    with the same parameters, and jaxnets' own BatchNorm's two reducing methods through the custom VJPs below
+    (a subclass, which may override them, keeps its own)."""
+    from ..models.layers import BatchNorm  # models never import runtime: no cycle
+
     module = context.module
     if module.is_initializing() or (context.method_name != "__call__" and context.method_name
                                     not in _BATCH_NORM_PIECES):
         return next_fun(*args, **kwargs)
     if context.method_name in _BATCH_NORM_PIECES:
-        if type(module).__name__ != "BatchNorm" or type(module).__module__ != "jaxnets.models.layers":
+        if type(module) is not BatchNorm:
             return next_fun(*args, **kwargs)
         return _BATCH_NORM_PIECES[context.method_name](*args, **kwargs)
     if type(module) is nn.Conv and module.conv_general_dilated is None and module.conv_general_dilated_cls is None:
@@ -261,15 +268,16 @@ def _narrow_conv_interceptor(next_fun, args, kwargs, context):
     return fast.apply({"params": module.variables["params"]}, *args, **kwargs)
 
 
-def with_narrow_convs(fun: Callable) -> Callable:
+def with_cpu_kernels(fun: Callable) -> Callable:
     """`fun`, traced with every plain `nn.Conv` going through `conv_general_dilated` above (the one-channel,
-    few-channel and wide paths of the module docstring) and every plain `nn.Dense` through `dot_general` (the
-    narrow path). Their gradients are custom VJPs: reverse mode (and
-    reverse over reverse) works, forward mode (`jax.jvp`) through them does not — nothing in jaxnets uses it."""
+    few-channel and wide paths of the module docstring), every plain `nn.Dense` through `dot_general` (the
+    narrow path) and jaxnets' BatchNorm's reductions through `batch_moments`/`scale_shift`. Their gradients are
+    custom VJPs: reverse mode (and reverse over reverse) works, forward mode (`jax.jvp`) through them does not
+    (a BatchNorm in training mode included) — nothing in jaxnets uses it."""
 
     @functools.wraps(fun)
     def traced(*args, **kwargs):
-        with nn.intercept_methods(_narrow_conv_interceptor):
+        with nn.intercept_methods(_cpu_interceptor):
             return fun(*args, **kwargs)
 
     return traced
@@ -317,7 +325,7 @@ def scale_shift(x: jax.Array, mul: jax.Array, shift: jax.Array) -> jax.Array:
 
 
 def _scale_shift_fwd(x, mul, shift):
-    return scale_shift(x, mul, shift), (x, mul, shift)
+    return scale_shift(x, mul, shift), (x, mul, shift)  # shift only for its dtype: a per-channel vector
 
 
 def _scale_shift_bwd(residuals, g):

@@ -61,7 +61,14 @@ def step_inputs(key: jax.Array, batch, cfg: StepConfig):
 
 
 def make_train_step(model, tx, cfg: StepConfig) -> Callable:
-    """train_step(state, batch) → (state, metric sums). The state is donated: updated in place."""
+    """train_step(state, batch) → (state, metric sums), jitted. The state is donated: updated in place."""
+    runtime.training_process()
+    return runtime.jit(train_step_fn(model, tx, cfg), donate_argnums=0)
+
+
+def train_step_fn(model, tx, cfg: StepConfig) -> Callable:
+    """The training step as a pure function of (state, batch) → (state, metric sums): what `make_train_step`
+    jits."""
     soft = not cfg.mix.is_identity or cfg.class_weights is not None
 
     def train_step(state: TrainState, batch):
@@ -91,7 +98,7 @@ def make_train_step(model, tx, cfg: StepConfig) -> Callable:
                                   ema=_updated_ema(state, params, batch_stats, opt_state, cfg.ema))
         return new_state, summed(loss, preds, batch["label"], mask)
 
-    return runtime.jit(train_step, donate_argnums=0)
+    return train_step
 
 
 def _updated_ema(state: TrainState, params, batch_stats, opt_state, decay: float):
@@ -106,6 +113,12 @@ def _updated_ema(state: TrainState, params, batch_stats, opt_state, decay: float
 
 
 def make_head_step(model, head_tx, cfg: StepConfig) -> Callable:
+    """`head_step_fn`, jitted, its state donated."""
+    runtime.training_process()
+    return runtime.jit(head_step_fn(model, head_tx, cfg), donate_argnums=0)
+
+
+def head_step_fn(model, head_tx, cfg: StepConfig) -> Callable:
     """The frozen phase of a fine-tune: head_step(state, batch) → (state, metric sums) where only the head
     learns. The backbone runs in inference mode (BatchNorm on its running statistics, which stay as they are;
     no dropout), its parameters are returned bit-identical, and XLA drops its backward pass (its gradients are
@@ -142,7 +155,7 @@ def make_head_step(model, head_tx, cfg: StepConfig) -> Callable:
                                   ema=_updated_ema(state, params, state.batch_stats, opt_state, cfg.ema))
         return new_state, summed(loss, preds, batch["label"], mask)
 
-    return runtime.jit(head_step, donate_argnums=0)
+    return head_step
 
 
 def make_eval_step(model, cfg: StepConfig) -> Callable:
