@@ -124,6 +124,38 @@ def test_a_wide_convolution_has_lax_values_and_gradients_from_its_stored_input(s
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
+@pytest.mark.parametrize("channels, strides, dtype", [
+    (3, (4, 4), jnp.float32), (3, (4, 4), jnp.bfloat16), (1, (1, 1), jnp.float32),
+    (cpu.WIDE_CHANNELS, (1, 1), jnp.float32)])
+def test_a_convolution_bias_has_its_gradient_summed_by_channel(channels, strides, dtype):
+    # AlexNet's first layer: bias, ReLU, max pool — the bias gradient a channel_sum of the stored cotangent
+    from jaxnets.models.layers import max_pool
+
+    conv = nn.Conv(8, (5, 5), strides=strides, padding="SAME", dtype=dtype)
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(3, 17, 17, channels)), jnp.float32)
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    variables = {"params": {**variables["params"], "bias": jnp.linspace(-0.5, 0.5, 8)}}
+    loss = lambda v, x: jnp.sum(jnp.sin(max_pool(jax.nn.relu(conv.apply(v, x)), 3, 2)).astype(jnp.float32))  # noqa: E731
+    assert "bias_add" in str(jax.make_jaxpr(cpu.with_cpu_kernels(loss))(variables, x))
+    fast = jax.jit(cpu.with_cpu_kernels(jax.value_and_grad(loss, argnums=(0, 1))))(variables, x)
+    slow = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables, x)
+    tolerance = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
+        assert got.dtype == want.dtype
+        want = np.asarray(want, np.float32)
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tolerance,
+                                   atol=tolerance * float(np.max(np.abs(want))))
+
+
+def test_a_convolution_without_bias_gets_no_bias_path():
+    conv = nn.Conv(4, (3, 3), use_bias=False)
+    x = jnp.ones((2, 6, 6, 3))
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    assert "bias_add" not in str(jax.make_jaxpr(cpu.with_cpu_kernels(conv.apply))(variables, x))
+    np.testing.assert_allclose(jax.jit(cpu.with_cpu_kernels(conv.apply))(variables, x), conv.apply(variables, x),
+                               rtol=1e-6)
+
+
 def test_the_stored_input_is_the_input_even_when_it_is_not_finite():
     x = jnp.asarray([[np.nan, 1.0], [np.inf, -np.inf]])
     for value in (x, x[::-1], jnp.zeros(3)):
