@@ -149,11 +149,13 @@ def _few_channel_bwd(residuals, g):
     lhs, rhs = residuals
     kh, kw, c, o = rhs.shape
     n, h, w, _ = g.shape
-    # in float32 whatever the compute dtype, as lax accumulates: bfloat16 sums of the windows lost 4× accuracy
-    spread = jnp.matmul(g.reshape(-1, o), rhs.reshape(kh * kw * c, o).T.astype(g.dtype),
-                        preferred_element_type=jnp.float32).reshape(n, h, w, kh, kw, c)
-    d_lhs = sum(jnp.pad(spread[:, :, :, i, j], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
-                for i in range(kh) for j in range(kw))
+    # in float32 whatever the compute dtype, as lax accumulates: bfloat16 sums of the windows lost 4× accuracy.
+    # Window-major [kh, kw, c, N, h, w]: each window's slab is read in one contiguous stream by the col2im sum
+    # (position-major [N, h, w, kh·kw·c] read 25 rows 600 bytes apart per output: 7.3 → 4.2–5.1 ms at batch 256)
+    spread = jnp.matmul(rhs.reshape(kh * kw * c, o).astype(g.dtype), g.reshape(-1, o).T,
+                        preferred_element_type=jnp.float32).reshape(kh, kw, c, n, h, w)
+    d_lhs = sum(jnp.pad(spread[i, j], ((0, 0), (0, 0), (i, kh - 1 - i), (j, kw - 1 - j)))
+                for i in range(kh) for j in range(kw)).transpose(1, 2, 3, 0)
     d_rhs = jax.vjp(lambda r: _lax_valid_conv(lhs, r), rhs)[1](g)[0]
     return d_lhs.astype(lhs.dtype), d_rhs
 
