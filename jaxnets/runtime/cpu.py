@@ -267,7 +267,10 @@ def _cpu_interceptor(next_fun, args, kwargs, context):
         return _BATCH_NORM_PIECES[context.method_name](*args, **kwargs)
     if type(module) is nn.Conv and module.conv_general_dilated is None and module.conv_general_dilated_cls is None:
         params = module.variables["params"]
-        if module.use_bias and module.mask is None:  # the bias added below, its gradient a `channel_sum`
+        # the bias added below, its gradient a `channel_sum` — when nn.Conv's own promotion would give the bias
+        # the output's dtype anyway (kernel and bias of one dtype, Flax's promote_dtype)
+        if (module.use_bias and module.mask is None and params["bias"].dtype == params["kernel"].dtype
+                and module.promote_dtype is nn.dtypes.promote_dtype):
             fast = module.clone(parent=None, conv_general_dilated=conv_general_dilated, use_bias=False)
             y = fast.apply({"params": {"kernel": params["kernel"]}}, *args, **kwargs)
             return bias_add(y, params["bias"].astype(y.dtype))
@@ -282,8 +285,9 @@ def _cpu_interceptor(next_fun, args, kwargs, context):
 
 def with_cpu_kernels(fun: Callable) -> Callable:
     """`fun`, traced with every plain `nn.Conv` going through `conv_general_dilated` above (the one-channel,
-    few-channel and wide paths of the module docstring), every plain `nn.Dense` through `dot_general` (the
-    narrow path) and jaxnets' BatchNorm's reductions through `batch_moments`/`scale_shift`. Their gradients are
+    few-channel and wide paths of the module docstring) and its bias through `bias_add`, every plain `nn.Dense`
+    through `dot_general` (the narrow path) and jaxnets' BatchNorm's reductions through
+    `batch_moments`/`scale_shift`. Their gradients are
     custom VJPs: reverse mode (and reverse over reverse) works, forward mode (`jax.jvp`) through them does not
     (a BatchNorm in training mode included) — nothing in jaxnets uses it."""
 
