@@ -19,9 +19,12 @@ from .metrics import loss_and_predictions, means, summed
 
 
 def forward(model, spec: PreprocessSpec) -> Callable:
-    """(variables, uint8 images [N,H,W,C]) → float32 logits, eval mode."""
+    """(variables, uint8 images [N,H,W,C]) → float32 logits, eval mode. A model that `takes_pixels` (the MLPs)
+    gets the pixels with the spec and standardises them in its first layer, the rest the standardised batch."""
 
     def apply(variables, images):
+        if getattr(model, "takes_pixels", False):
+            return model.apply(variables, images, train=False, spec=spec)
         return model.apply(variables, standardize(images, spec), train=False)
 
     return apply

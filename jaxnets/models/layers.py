@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -200,3 +201,18 @@ def explain_point(module: nn.Module, x: Array) -> Array:
 
 def flatten(x: Array) -> Array:
     return x.reshape(x.shape[0], -1)
+
+
+class PixelDense(nn.Dense):
+    """nn.Dense whose input is the uint8 pixels themselves: standardised by `spec` (the one preprocessing path,
+    `data.preprocess.standardize`), flattened, then the product. Its parameters are nn.Dense's, so a network's
+    variables are the same whichever input it is given. It exists so that the runtime can compute a narrow first
+    layer without writing the batch back as float32 first (runtime/native.py); everywhere else it is exactly
+    standardize + nn.Dense."""
+
+    spec: Any = None  # data.preprocess.PreprocessSpec
+
+    def __call__(self, pixels: Array) -> Array:
+        from ..data.preprocess import standardize  # numpy + PIL only: no cycle
+
+        return super().__call__(flatten(standardize(pixels, self.spec)))

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import ACTIVATIONS, INITIALIZERS, choose, flatten
+from ..data.preprocess import PreprocessSpec
+from .layers import ACTIVATIONS, INITIALIZERS, PixelDense, choose, flatten
 
 
 class MLP(nn.Module):
@@ -41,14 +42,22 @@ class MLP(nn.Module):
             choose(ACTIVATIONS, name, "activation")
         return names
 
+    takes_pixels = True  # `spec=` below: scoring.forward hands it the uint8 pixels (not a dataclass field)
+
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, spec: PreprocessSpec | None = None):
+        """x: the standardised input; or, with `spec`, the uint8 pixels, which the first layer standardises
+        (`PixelDense`: the same parameters and, to float rounding, the same function)."""
         kernel_init = choose(INITIALIZERS, self.weight_init, "init")
-        x = flatten(x).astype(self.dtype)
-        for width, act in zip(self.hidden_sizes, self.activations(), strict=True):
-            x = nn.Dense(width, kernel_init=kernel_init, dtype=self.dtype)(x)
+        widths = [*self.hidden_sizes, self.num_classes]
+        if spec is None:
+            x = nn.Dense(widths[0], kernel_init=kernel_init, dtype=self.dtype, name="Dense_0")(
+                flatten(x).astype(self.dtype))
+        else:
+            x = PixelDense(widths[0], kernel_init=kernel_init, dtype=self.dtype, spec=spec, name="Dense_0")(x)
+        for i, act in enumerate(self.activations(), start=1):
             x = ACTIVATIONS[act](x)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype)(x)
+            x = nn.Dense(widths[i], kernel_init=kernel_init, dtype=self.dtype, name=f"Dense_{i}")(x)
         return x.astype(jnp.float32)

@@ -1,0 +1,149 @@
+"""jaxnets' own XLA:CPU kernel (`kernels/pixel_dense.cc`): built on first use, loaded, registered with XLA's FFI.
+
+Why a kernel of our own: a narrow dense layer over uint8 pixels (logistic regression, the shallow net) is a
+memory-bound product, and XLA:CPU can only run it as a conversion pass that writes the batch back as float32
+followed by a library product (BENCHMARKS.md, "Why the small predict rows..."). The kernel converts in
+registers instead and reads the batch once, as bytes.
+
+The shared library is compiled with the system's C++ compiler (`$CXX`, else `g++`) against the FFI headers that
+jaxlib ships, into `native/` of jaxnets' cache (`$JAXNETS_CACHE`, else `~/.cache/jaxnets`), named by a digest of
+the source, the jaxlib version and the flags, so a new jaxlib or a changed kernel builds afresh and concurrent
+processes never load a half-written file (each writes its own temporary and renames it). Where anything is missing — no
+AVX-512 on the CPU, no compiler, a failed build, `JAXNETS_CPU_KERNELS=xla` — `available()` is False and the
+callers compute the same function with XLA's own operations; the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENV = "JAXNETS_CPU_KERNELS"  # "xla" leaves every layer to XLA's operations
+SOURCE = Path(__file__).with_name("kernels") / "pixel_dense.cc"
+TARGET = "jaxnets_pixel_dense"
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mfma")
+OUTPUTS = (1, 2, 4, 8, 16)  # the output widths the kernel takes (divisors of one 16-float register)
+
+
+def _cpu_has_avx512f() -> bool:
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512f" in flags.split()
+
+
+def cache_dir() -> Path:
+    from ..pretrained.sources import cache_dir as jaxnets_cache  # the one cache root ($JAXNETS_CACHE, XDG, ~)
+
+    return jaxnets_cache() / "native"
+
+
+def library_path() -> Path:
+    """Where the build for this source, jaxlib and flags lives."""
+    import jaxlib
+
+    digest = hashlib.sha256(SOURCE.read_bytes() + jaxlib.__version__.encode() + " ".join(FLAGS).encode())
+    return cache_dir() / f"pixel_dense-{digest.hexdigest()[:16]}.so"
+
+
+def build(path: Path) -> None:
+    """Compile the kernel into `path` (atomically: a temporary in the same folder, then a rename)."""
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def available() -> bool:
+    """True once the kernel is built, loaded and registered for the CPU platform (once per process)."""
+    if os.environ.get(ENV, "").lower() == "xla":
+        return False
+    if not _cpu_has_avx512f():
+        log.info("jaxnets' pixel_dense kernel needs AVX-512; XLA's operations compute that layer")
+        return False
+    try:
+        path = library_path()
+        if not path.exists():
+            build(path)
+        library = ctypes.CDLL(str(path))
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.jaxnets_pixel_dense), platform="cpu")
+    except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as e:
+        log.warning("jaxnets' pixel_dense kernel is not available (%s); XLA's operations compute that layer", e)
+        return False
+    return True
+
+
+def takes(pixels: jax.Array, kernel: jax.Array) -> bool:
+    """Whether `pixel_dense` runs this layer: uint8 pixels, float32 weights, 1/2/4/8/16 outputs."""
+    return (pixels.dtype == jnp.uint8 and kernel.dtype == jnp.float32 and kernel.ndim == 2
+            and kernel.shape[1] in OUTPUTS and available())
+
+
+def normalization(pixels_shape: tuple[int, ...], mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """Per input position (NHWC flattened): scale = 1 / (255·std), shift = −mean / std of its channel, so that
+    x·scale + shift is `normalize(to_unit(x))` to float rounding."""
+    channels = pixels_shape[-1]
+    mean = np.broadcast_to(np.asarray(mean, np.float64), (channels,))
+    std = np.broadcast_to(np.asarray(std, np.float64), (channels,))
+    positions = int(np.prod(pixels_shape[1:]))
+    scale = np.tile(1.0 / (255.0 * std), positions // channels).astype(np.float32)
+    shift = np.tile(-mean / std, positions // channels).astype(np.float32)
+    return scale, shift
+
+
+def pixel_dense(pixels: jax.Array, kernel: jax.Array, bias: jax.Array, mean, std) -> jax.Array:
+    """standardize(pixels) flattened @ kernel + bias, by the kernel (call only where `takes` is True). Gradients
+    for kernel and bias (the pixels are integers) come from XLA's operations on the standardised input."""
+    scale, shift = normalization(pixels.shape, mean, std)
+    return _pixel_dense(pixels.reshape(pixels.shape[0], -1), kernel, bias, jnp.asarray(scale), jnp.asarray(shift))
+
+
+def _call(rows, kernel, bias, scale, shift):
+    out = jax.ShapeDtypeStruct((rows.shape[0], kernel.shape[1]), jnp.float32)
+    return jax.ffi.ffi_call(TARGET, out)(rows, scale, shift, kernel, bias)
+
+
+@jax.custom_vjp
+def _pixel_dense(rows, kernel, bias, scale, shift):
+    return _call(rows, kernel, bias, scale, shift)
+
+
+def _pixel_dense_fwd(rows, kernel, bias, scale, shift):
+    return _call(rows, kernel, bias, scale, shift), (rows, scale, shift)
+
+
+def _pixel_dense_bwd(residuals, g):
+    rows, scale, shift = residuals
+    x = rows.astype(jnp.float32) * scale + shift
+    return (np.zeros(rows.shape, jax.dtypes.float0), x.T @ g, g.sum(0), jnp.zeros_like(scale),
+            jnp.zeros_like(shift))
+
+
+_pixel_dense.defvjp(_pixel_dense_fwd, _pixel_dense_bwd)

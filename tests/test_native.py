@@ -1,0 +1,161 @@
+"""jaxnets' own XLA:CPU kernel (runtime/native.py): a narrow dense layer read straight from uint8 pixels. It must be
+built and used where it can be, compute what standardize + the product computes, and give way to XLA's operations
+wherever it cannot run (no compiler, switched off, exported, outputs it does not take)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnets import runtime
+from jaxnets.data.preprocess import PreprocessSpec, standardize
+from jaxnets.inference.scoring import forward
+from jaxnets.models import create_model
+from jaxnets.runtime import native
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU kernel")
+
+
+def _reference(pixels, kernel, bias, spec):
+    return standardize(pixels, spec).reshape(pixels.shape[0], -1) @ kernel + bias
+
+
+def _problem(n, h, w, c, outputs, seed=0, extremes=False):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    if extremes:
+        pixels[0] = 255
+        pixels[-1] = 0
+    kernel = rng.normal(0, 0.05, (h * w * c, outputs)).astype(np.float32)
+    bias = rng.normal(0, 1, outputs).astype(np.float32)
+    return jnp.asarray(pixels), jnp.asarray(kernel), jnp.asarray(bias)
+
+
+def test_the_kernel_is_built_and_registered_on_a_machine_with_avx512_and_a_compiler():
+    can = native._cpu_has_avx512f() and shutil.which(os.environ.get("CXX", "g++")) is not None
+    assert native.available() == can
+    if can:
+        assert native.library_path().exists()
+
+
+@pytest.mark.parametrize("outputs", native.OUTPUTS)
+@pytest.mark.parametrize(("n", "h", "w", "c", "normalize"), [
+    (1, 8, 8, 3, "imagenet"),     # one row; K = 192, a multiple of 16
+    (9, 5, 7, 3, "half"),         # a last row block of one; K = 105 leaves a tail of 9 positions
+    (33, 13, 13, 1, "none"),      # grey, K = 169
+    (40, 64, 64, 3, "imagenet"),  # big enough for the second core
+])
+def test_pixel_dense_is_standardize_then_the_product(outputs, n, h, w, c, normalize):
+    if not native.available():
+        pytest.fail("the kernel should build on this machine (see the test above)")
+    spec = PreprocessSpec(h, w, c, normalize=normalize)
+    pixels, kernel, bias = _problem(n, h, w, c, outputs, extremes=True)
+    mean, std = spec.mean_std()
+    got = jax.jit(lambda p, k, b: native.pixel_dense(p, k, b, mean, std))(pixels, kernel, bias)
+    want = _reference(pixels, kernel, bias, spec)
+    scale = float(jnp.max(jnp.abs(standardize(pixels, spec)))) * float(jnp.sum(jnp.abs(kernel), 0).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale)
+    assert got.shape == (n, outputs)
+
+
+def test_pixel_dense_gradients_are_those_of_the_reference():
+    spec = PreprocessSpec(16, 16, 3, normalize="imagenet")
+    pixels, kernel, bias = _problem(6, 16, 16, 3, 4, seed=1)
+    mean, std = spec.mean_std()
+    g = jnp.asarray(np.random.default_rng(2).normal(size=(6, 4)), jnp.float32)
+
+    def loss(fun):
+        return lambda k, b: jnp.sum(fun(k, b) * g)
+
+    got = jax.grad(loss(lambda k, b: native.pixel_dense(pixels, k, b, mean, std)), argnums=(0, 1))(kernel, bias)
+    want = jax.grad(loss(lambda k, b: _reference(pixels, k, b, spec)), argnums=(0, 1))(kernel, bias)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "num_classes", "size", "options"), [
+    ("logistic_regression", 1, 24, {}),
+    ("shallow_mlp", 1, 20, {}),
+    ("mlp", 4, 12, {"hidden_sizes": (16, 8)}),
+])
+def test_an_mlp_predicts_the_same_from_pixels_through_the_kernel(name, num_classes, size, options):
+    spec = PreprocessSpec(size, size, 3, normalize="imagenet")
+    model = create_model(name, num_classes, **options)
+    pixels = jnp.asarray(np.random.default_rng(3).integers(0, 256, (5, size, size, 3), dtype=np.uint8))
+    variables = model.init(jax.random.PRNGKey(0), standardize(pixels, spec))
+    # the parameters are those of the plain network, whichever input it is given
+    from_pixels = model.init(jax.random.PRNGKey(0), pixels, spec=spec)
+    assert jax.tree.structure(from_pixels) == jax.tree.structure(variables)
+    for a, b in zip(jax.tree.leaves(from_pixels), jax.tree.leaves(variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    fast = runtime.jit(forward(model, spec))
+    plain = jax.jit(lambda v, x: model.apply(v, standardize(x, spec), train=False))
+    np.testing.assert_allclose(fast(variables, pixels), plain(variables, pixels), rtol=1e-5, atol=1e-5)
+    hlo = fast.lower(variables, pixels).compile().as_text()
+    first_width = model.hidden_sizes[0] if model.hidden_sizes else num_classes
+    assert (native.TARGET in hlo) == (first_width in native.OUTPUTS and native.available())
+    # outside jaxnets' runtime (export, other backends) the same function is plain XLA
+    assert native.TARGET not in jax.jit(forward(model, spec)).lower(variables, pixels).compile().as_text()
+
+
+def test_outputs_the_kernel_does_not_take_stay_with_xla():
+    spec = PreprocessSpec(12, 12, 3, normalize="half")
+    model = create_model("logistic_regression", 10)  # 10 outputs: not a divisor of 16
+    pixels = jnp.asarray(np.random.default_rng(4).integers(0, 256, (3, 12, 12, 3), dtype=np.uint8))
+    variables = model.init(jax.random.PRNGKey(0), standardize(pixels, spec))
+    fast = runtime.jit(forward(model, spec))
+    assert native.TARGET not in fast.lower(variables, pixels).compile().as_text()
+    np.testing.assert_allclose(fast(variables, pixels), model.apply(variables, standardize(pixels, spec)),
+                               rtol=1e-5, atol=1e-5)
+
+
+_FALLBACK = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jaxnets import runtime
+from jaxnets.data.preprocess import PreprocessSpec, standardize
+from jaxnets.inference.scoring import forward
+from jaxnets.models import create_model
+from jaxnets.runtime import native
+spec = PreprocessSpec(16, 16, 3, normalize="half")
+model = create_model("logistic_regression", 1)
+pixels = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+variables = model.init(jax.random.PRNGKey(0), standardize(pixels, spec))
+fast = runtime.jit(forward(model, spec))
+same = np.allclose(fast(variables, pixels), model.apply(variables, standardize(pixels, spec)), atol=1e-5)
+print(json.dumps({"available": native.available(), "used": native.TARGET in fast.lower(variables, pixels).compile(
+    ).as_text(), "same": bool(same)}))
+"""
+
+
+@pytest.mark.parametrize("setting", ["switched off", "no compiler"])
+def test_without_the_kernel_the_same_predictions_come_from_xla(setting, tmp_path):
+    import json
+
+    env = {**os.environ, "JAXNETS_CACHE": str(tmp_path / "cache")}
+    if setting == "switched off":
+        env[native.ENV] = "xla"
+    else:
+        env["CXX"] = str(tmp_path / "no-such-compiler")
+    done = subprocess.run([sys.executable, "-c", _FALLBACK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"available": False, "used": False, "same": True}
+    if setting == "no compiler" and native._cpu_has_avx512f():
+        assert "not available" in done.stderr and "no C++ compiler" in done.stderr
+    assert not list(Path(tmp_path / "cache").glob("native/*.so"))  # nothing half-built left behind
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
+    target = native.library_path()
+    with pytest.raises(RuntimeError, match="failed"):
+        native.build(target)
+    assert not target.exists() and list(target.parent.iterdir()) == []
