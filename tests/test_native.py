@@ -2,6 +2,7 @@
 built and used where it can be, compute what standardize + the product computes, and give way to XLA's operations
 wherever it cannot run (no compiler, switched off, exported, outputs it does not take)."""
 
+import functools
 import os
 import shutil
 import subprocess
@@ -56,8 +57,8 @@ def test_pixel_dense_is_standardize_then_the_product(outputs, n, h, w, c, normal
         pytest.fail("the kernel should build on this machine (see the test above)")
     spec = PreprocessSpec(h, w, c, normalize=normalize)
     pixels, kernel, bias = _problem(n, h, w, c, outputs, extremes=True)
-    mean, std = spec.mean_std()
-    got = jax.jit(lambda p, k, b: native.pixel_dense(p, k, b, mean, std))(pixels, kernel, bias)
+    affine = native.per_position_affine(functools.partial(standardize, spec=spec), pixels.shape)
+    got = jax.jit(lambda p, k, b: native.pixel_dense(p, k, b, *affine))(pixels, kernel, bias)
     want = _reference(pixels, kernel, bias, spec)
     scale = float(jnp.max(jnp.abs(standardize(pixels, spec)))) * float(jnp.sum(jnp.abs(kernel), 0).max())
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale)
@@ -67,13 +68,13 @@ def test_pixel_dense_is_standardize_then_the_product(outputs, n, h, w, c, normal
 def test_pixel_dense_gradients_are_those_of_the_reference():
     spec = PreprocessSpec(16, 16, 3, normalize="imagenet")
     pixels, kernel, bias = _problem(6, 16, 16, 3, 4, seed=1)
-    mean, std = spec.mean_std()
+    affine = native.per_position_affine(functools.partial(standardize, spec=spec), pixels.shape)
     g = jnp.asarray(np.random.default_rng(2).normal(size=(6, 4)), jnp.float32)
 
     def loss(fun):
         return lambda k, b: jnp.sum(fun(k, b) * g)
 
-    got = jax.grad(loss(lambda k, b: native.pixel_dense(pixels, k, b, mean, std)), argnums=(0, 1))(kernel, bias)
+    got = jax.grad(loss(lambda k, b: native.pixel_dense(pixels, k, b, *affine)), argnums=(0, 1))(kernel, bias)
     want = jax.grad(loss(lambda k, b: _reference(pixels, k, b, spec)), argnums=(0, 1))(kernel, bias)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -90,7 +91,7 @@ def test_an_mlp_predicts_the_same_from_pixels_through_the_kernel(name, num_class
     pixels = jnp.asarray(np.random.default_rng(3).integers(0, 256, (5, size, size, 3), dtype=np.uint8))
     variables = model.init(jax.random.PRNGKey(0), standardize(pixels, spec))
     # the parameters are those of the plain network, whichever input it is given
-    from_pixels = model.init(jax.random.PRNGKey(0), pixels, spec=spec)
+    from_pixels = model.init(jax.random.PRNGKey(0), pixels, standardize=functools.partial(standardize, spec=spec))
     assert jax.tree.structure(from_pixels) == jax.tree.structure(variables)
     for a, b in zip(jax.tree.leaves(from_pixels), jax.tree.leaves(variables), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -103,6 +104,17 @@ def test_an_mlp_predicts_the_same_from_pixels_through_the_kernel(name, num_class
     assert (native.TARGET in hlo) == (first_width in native.OUTPUTS and native.available())
     # outside jaxnets' runtime (export, other backends) the same function is plain XLA
     assert native.TARGET not in jax.jit(forward(model, spec)).lower(variables, pixels).compile().as_text()
+
+
+def test_the_affine_map_is_read_off_the_standardize_function_and_anything_else_is_refused():
+    spec = PreprocessSpec(4, 5, 3, normalize="imagenet")
+    scale, shift = native.per_position_affine(functools.partial(standardize, spec=spec), (2, 4, 5, 3))
+    pixels = np.random.default_rng(5).integers(0, 256, (7, 4, 5, 3), dtype=np.uint8)
+    np.testing.assert_allclose(pixels.reshape(7, -1) * scale + shift,
+                               np.asarray(standardize(pixels, spec)).reshape(7, -1), rtol=1e-6, atol=1e-6)
+    assert scale.shape == shift.shape == (60,)
+    gamma = lambda x: (x.astype(np.float32) / 255) ** 2.2  # noqa: E731 - not affine: XLA keeps that layer
+    assert native.per_position_affine(gamma, (2, 4, 5, 3)) is None
 
 
 def test_outputs_the_kernel_does_not_take_stay_with_xla():

@@ -5,6 +5,11 @@ when one is given, written into a Markdown file (the figures, the commands that 
 
 Every path is an argument (the Makefile passes the project's own); without a peer the PyTorch column
 stays empty. Only the block between the standard-set markers of --out is replaced.
+
+Each row is measured in `--rounds` rounds (default 3), jaxnets then the peer, alternating, with the same number
+of steps: on the shared 2-core machines one short run of either side can be 2× off (the peer's LeNet-5 step gave
+7.0k, 14.5k and 11.7k images/s in three runs in a row), so the table gives each side's median and the range of
+the per-round ratios.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +57,15 @@ def peer(python: str | None, script: str | None, model: str, mode: str, batch: i
     return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
 
 
+def summary(ours: list[dict], theirs: list[dict]) -> dict:
+    """One table row: each side's median images/s over the rounds, their ratio, and the per-round ratios."""
+    middle = sorted(ours, key=lambda r: r["images_per_s"])[len(ours) // 2]
+    peer_median = statistics.median(t["images_per_s"] for t in theirs) if theirs else None
+    return {**middle, "rounds": len(ours), "torch_images_per_s": peer_median,
+            "ratio": peer_median and round(middle["images_per_s"] / peer_median, 3),
+            "ratios": [round(o["images_per_s"] / t["images_per_s"], 3) for o, t in zip(ours, theirs, strict=False)]}
+
+
 def command(model, mode, batch, size, channels, options, steps) -> str:
     hidden = f" --hidden-sizes {','.join(map(str, options['hidden_sizes']))}" if options else ""
     return (f"jaxnets bench {mode} --model {model} --batch {batch} --size {size} --channels {channels}"
@@ -62,33 +77,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="Markdown file whose standard-set block is (re)written")
     parser.add_argument("--peer", default=None, help="the eager-PyTorch peer script (torch_peer.py)")
     parser.add_argument("--torch-python", default=None, help="the interpreter that has torch, for --peer")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating jaxnets/peer measurements per row")
     args = parser.parse_args(argv)
     enable_compilation_cache()
     rows = []
     for model, peer_model, mode, batch, size, channels, options, steps in STANDARD_SET:
-        ours = bench_step(mode, model, batch, size, channels, steps=steps, warmup=2, options=options)
-        theirs = peer(args.torch_python, args.peer, peer_model, mode, batch, size, max(2, steps // 2))
-        ratio = ours["images_per_s"] / theirs["images_per_s"] if theirs else None
-        rows.append((ours, theirs, ratio, command(model, mode, batch, size, channels, options, steps)))
-        print(json.dumps({**ours, "torch_images_per_s": theirs and theirs["images_per_s"],
-                          "ratio": ratio and round(ratio, 2)}), flush=True)
+        ours, theirs = [], []
+        for _ in range(max(1, args.rounds)):
+            ours.append(bench_step(mode, model, batch, size, channels, steps=steps, warmup=2, options=options))
+            theirs.append(peer(args.torch_python, args.peer, peer_model, mode, batch, size, steps))
+        row = summary(ours, [t for t in theirs if t])
+        rows.append((row, command(model, mode, batch, size, channels, options, steps)))
+        print(json.dumps(row), flush=True)
     lines = [
-        "| model | mode | batch | size | jaxnets img/s | PyTorch img/s | ratio | ms/step | compile s | GFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | batch | size | jaxnets img/s | PyTorch img/s | ratio | ratio per round | ms/step "
+        "| compile s | GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for ours, theirs, ratio, _ in rows:
-        peer_cell = f"{theirs['images_per_s']:,.1f}" if theirs else "–"
-        ratio_cell = f"**{ratio:.2f}×**" if ratio else "–"
-        lines.append(f"| {ours['model']} | {ours['mode']} | {ours['batch']} | {ours['size']} | "
-                     f"{ours['images_per_s']:,.1f} | {peer_cell} | {ratio_cell} | {ours['ms_per_step']} | "
-                     f"{ours['compile_s']} | {ours['achieved_gflops']} |")
+    for row, _ in rows:
+        peer_cell = f"{row['torch_images_per_s']:,.1f}" if row["torch_images_per_s"] else "–"
+        ratio_cell = f"**{row['ratio']:.2f}×**" if row["ratio"] else "–"
+        spread = f"{min(row['ratios']):.2f}–{max(row['ratios']):.2f}" if row["ratios"] else "–"
+        lines.append(f"| {row['model']} | {row['mode']} | {row['batch']} | {row['size']} | "
+                     f"{row['images_per_s']:,.1f} | {peer_cell} | {ratio_cell} | {spread} | {row['ms_per_step']} | "
+                     f"{row['compile_s']} | {row['achieved_gflops']} |")
     table = "\n".join(lines)
     commands = "\n".join(f"    {c}" for *_, c in rows)
     out = Path(args.out)
     text = out.read_text() if out.exists() else ""
     start, end = "<!-- standard-set:start -->", "<!-- standard-set:end -->"
-    block = (f"{start}\nMachine: {machine()}. Regenerate with `make bench`.\n\n{table}\n\nCommands (one JSON line "
-             f"each; the peer ran `torch_peer.py` with the same model, mode, batch and size):\n\n{commands}\n{end}")
+    block = (f"{start}\nMachine: {machine()}. Regenerate with `make bench`: each side's median of {args.rounds} "
+             "alternating rounds, the ratio of the medians, and the range of the per-round ratios.\n\n"
+             f"{table}\n\nCommands (one JSON line each; the peer ran `torch_peer.py` with the same model, mode, "
+             f"batch, size and steps):\n\n{commands}\n{end}")
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:

@@ -6,6 +6,7 @@ which is what makes serving answer exactly what evaluation measured.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +21,13 @@ from .metrics import loss_and_predictions, means, summed
 
 def forward(model, spec: PreprocessSpec) -> Callable:
     """(variables, uint8 images [N,H,W,C]) → float32 logits, eval mode. A model that `takes_pixels` (the MLPs)
-    gets the pixels with the spec and standardises them in its first layer, the rest the standardised batch."""
+    gets the pixels and this spec's `standardize`, which its first layer applies; the rest the standardised batch."""
+    pixels_to_input = functools.partial(standardize, spec=spec)
 
     def apply(variables, images):
         if getattr(model, "takes_pixels", False):
-            return model.apply(variables, images, train=False, spec=spec)
-        return model.apply(variables, standardize(images, spec), train=False)
+            return model.apply(variables, images, train=False, standardize=pixels_to_input)
+        return model.apply(variables, pixels_to_input(images), train=False)
 
     return apply
 

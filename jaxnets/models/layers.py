@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -204,15 +203,13 @@ def flatten(x: Array) -> Array:
 
 
 class PixelDense(nn.Dense):
-    """nn.Dense whose input is the uint8 pixels themselves: standardised by `spec` (the one preprocessing path,
-    `data.preprocess.standardize`), flattened, then the product. Its parameters are nn.Dense's, so a network's
-    variables are the same whichever input it is given. It exists so that the runtime can compute a narrow first
-    layer without writing the batch back as float32 first (runtime/native.py); everywhere else it is exactly
-    standardize + nn.Dense."""
+    """nn.Dense whose input is the uint8 pixels themselves: `standardize` (the caller's one preprocessing
+    function, pixels → model input) first, flattened, then the product. Its parameters are nn.Dense's, so a
+    network's variables are the same whichever input it is given. It exists so that the runtime can compute a
+    narrow first layer without writing the batch back as float32 first (runtime/native.py); everywhere else it is
+    exactly standardize + nn.Dense."""
 
-    spec: Any = None  # data.preprocess.PreprocessSpec
+    standardize: Callable | None = None
 
     def __call__(self, pixels: Array) -> Array:
-        from ..data.preprocess import standardize  # numpy + PIL only: no cycle
-
-        return super().__call__(flatten(standardize(pixels, self.spec)))
+        return super().__call__(flatten(self.standardize(pixels)))

@@ -6,12 +6,11 @@ classic its own name and defaults.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ..data.preprocess import PreprocessSpec
 from .layers import ACTIVATIONS, INITIALIZERS, PixelDense, choose, flatten
 
 
@@ -42,19 +41,20 @@ class MLP(nn.Module):
             choose(ACTIVATIONS, name, "activation")
         return names
 
-    takes_pixels = True  # `spec=` below: scoring.forward hands it the uint8 pixels (not a dataclass field)
+    takes_pixels = True  # `standardize=` below: scoring.forward hands it the uint8 pixels (not a dataclass field)
 
     @nn.compact
-    def __call__(self, x, train: bool = False, spec: PreprocessSpec | None = None):
-        """x: the standardised input; or, with `spec`, the uint8 pixels, which the first layer standardises
-        (`PixelDense`: the same parameters and, to float rounding, the same function)."""
+    def __call__(self, x, train: bool = False, standardize: Callable | None = None):
+        """x: the model input; or, with `standardize` (pixels → model input), the uint8 pixels, which the first
+        layer standardises (`PixelDense`: the same parameters and, to float rounding, the same function)."""
         kernel_init = choose(INITIALIZERS, self.weight_init, "init")
         widths = [*self.hidden_sizes, self.num_classes]
-        if spec is None:
+        if standardize is None:
             x = nn.Dense(widths[0], kernel_init=kernel_init, dtype=self.dtype, name="Dense_0")(
                 flatten(x).astype(self.dtype))
         else:
-            x = PixelDense(widths[0], kernel_init=kernel_init, dtype=self.dtype, spec=spec, name="Dense_0")(x)
+            x = PixelDense(widths[0], kernel_init=kernel_init, dtype=self.dtype, standardize=standardize,
+                           name="Dense_0")(x)
         for i, act in enumerate(self.activations(), start=1):
             x = ACTIVATIONS[act](x)
             if self.dropout_rate > 0:

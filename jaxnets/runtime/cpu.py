@@ -295,17 +295,17 @@ def _cpu_interceptor(next_fun, args, kwargs, context):
 
 
 def _pixel_dense(module, next_fun, pixels, *args, **kwargs):
-    """A `PixelDense` (uint8 pixels → standardise → product) by jaxnets' own kernel where it takes the layer."""
+    """A `PixelDense` (uint8 pixels → standardize → product) by jaxnets' own kernel where it takes the layer."""
     params = module.variables["params"]
     plain = (module.dot_general is None and module.dot_general_cls is None and module.precision is None
              and module.dtype in (None, jnp.float32) and not args and not kwargs)
-    if not (plain and native.takes(pixels, params["kernel"])):
+    affine = native.per_position_affine(module.standardize, pixels.shape) if plain else None
+    if affine is None or not native.takes(pixels, params["kernel"]):
         return next_fun(pixels, *args, **kwargs)
     bias = params["bias"] if module.use_bias else jnp.zeros(params["kernel"].shape[1], jnp.float32)
     if bias.dtype != jnp.float32:
         return next_fun(pixels, *args, **kwargs)
-    mean, std = module.spec.mean_std()
-    return native.pixel_dense(pixels, params["kernel"], bias, mean, std)
+    return native.pixel_dense(pixels, params["kernel"], bias, *affine)
 
 
 def with_cpu_kernels(fun: Callable) -> Callable:

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -106,22 +107,27 @@ def takes(pixels: jax.Array, kernel: jax.Array) -> bool:
             and kernel.shape[1] in OUTPUTS and available())
 
 
-def normalization(pixels_shape: tuple[int, ...], mean, std) -> tuple[np.ndarray, np.ndarray]:
-    """Per input position (NHWC flattened): scale = 1 / (255·std), shift = −mean / std of its channel, so that
-    x·scale + shift is `normalize(to_unit(x))` to float rounding."""
-    channels = pixels_shape[-1]
-    mean = np.broadcast_to(np.asarray(mean, np.float64), (channels,))
-    std = np.broadcast_to(np.asarray(std, np.float64), (channels,))
-    positions = int(np.prod(pixels_shape[1:]))
-    scale = np.tile(1.0 / (255.0 * std), positions // channels).astype(np.float32)
-    shift = np.tile(-mean / std, positions // channels).astype(np.float32)
-    return scale, shift
+def per_position_affine(standardize: Callable, pixels_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) per input position (flattened) with standardize(x) = x·scale + shift, read off the function
+    itself at pixel values 0 and 255 and checked at 128; None when it is not such a map (then XLA computes the
+    layer). Reading it off the function keeps one preprocessing path: the kernel never re-derives the spec."""
+    probe = np.zeros((3, *pixels_shape[1:]), np.uint8)
+    probe[1], probe[2] = 255, 128
+    try:
+        out = np.asarray(standardize(probe), np.float64).reshape(3, -1)
+    except (TypeError, ValueError):
+        return None
+    shift, scale = out[0], (out[1] - out[0]) / 255.0
+    if out.shape[1] != int(np.prod(pixels_shape[1:])) or not np.allclose(out[2], shift + 128.0 * scale, rtol=1e-5,
+                                                                            atol=1e-6):
+        return None
+    return scale.astype(np.float32), shift.astype(np.float32)
 
 
-def pixel_dense(pixels: jax.Array, kernel: jax.Array, bias: jax.Array, mean, std) -> jax.Array:
-    """standardize(pixels) flattened @ kernel + bias, by the kernel (call only where `takes` is True). Gradients
-    for kernel and bias (the pixels are integers) come from XLA's operations on the standardised input."""
-    scale, shift = normalization(pixels.shape, mean, std)
+def pixel_dense(pixels: jax.Array, kernel: jax.Array, bias: jax.Array, scale: np.ndarray,
+                shift: np.ndarray) -> jax.Array:
+    """(pixels flattened · scale + shift) @ kernel + bias, by the kernel (call only where `takes` is True).
+    Gradients for kernel and bias (the pixels are integers) come from XLA's operations."""
     return _pixel_dense(pixels.reshape(pixels.shape[0], -1), kernel, bias, jnp.asarray(scale), jnp.asarray(shift))
 
 
