@@ -42,7 +42,8 @@ def test_the_kernel_is_built_and_registered_on_a_machine_with_avx512_and_a_compi
     can = native._cpu_has_avx512f() and shutil.which(os.environ.get("CXX", "g++")) is not None
     assert native.available() == can
     if can:
-        assert native.library_path().exists()
+        built = native.library_path()
+        assert built.exists() and built.stat().st_mode & 0o044 == 0o044  # other users of a shared cache can load it
 
 
 @pytest.mark.parametrize("outputs", native.OUTPUTS)
@@ -115,6 +116,14 @@ def test_the_affine_map_is_read_off_the_standardize_function_and_anything_else_i
     assert scale.shape == shift.shape == (60,)
     gamma = lambda x: (x.astype(np.float32) / 255) ** 2.2  # noqa: E731 - not affine: XLA keeps that layer
     assert native.per_position_affine(gamma, (2, 4, 5, 3)) is None
+    # affine, but not position by position: each image standardised by its own mean
+    per_image = lambda x: x.astype(np.float32) - x.astype(np.float32).mean(axis=(1, 2, 3), keepdims=True)  # noqa: E731
+    assert native.per_position_affine(per_image, (2, 4, 5, 3)) is None
+
+    def raises(x):
+        raise AttributeError("a function the numpy probe cannot go through")
+
+    assert native.per_position_affine(raises, (2, 4, 5, 3)) is None
 
 
 def test_outputs_the_kernel_does_not_take_stay_with_xla():
@@ -171,3 +180,16 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="failed"):
         native.build(target)
     assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_the_bench_suite_pairs_each_round_with_its_own_peer_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_suite", Path(__file__).parents[1] / "tools" / "bench_suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    ours = [{"images_per_s": v, "compile_s": c} for v, c in ((100.0, 5.0), (200.0, 0.1), (300.0, 0.1))]
+    row = suite.summary(ours, [None, {"images_per_s": 100.0}, {"images_per_s": 300.0}])
+    assert row["ratios"] == [2.0, 1.0]  # the failed first peer round drops out, the others stay paired
+    assert row["images_per_s"] == 200.0 and row["torch_images_per_s"] == 100.0 and row["ratio"] == 2.0
+    assert row["compile_s"] == 5.0  # the first round's compilation, not a cache load

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -57,13 +56,21 @@ def peer(python: str | None, script: str | None, model: str, mode: str, batch: i
     return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
 
 
-def summary(ours: list[dict], theirs: list[dict]) -> dict:
-    """One table row: each side's median images/s over the rounds, their ratio, and the per-round ratios."""
-    middle = sorted(ours, key=lambda r: r["images_per_s"])[len(ours) // 2]
-    peer_median = statistics.median(t["images_per_s"] for t in theirs) if theirs else None
-    return {**middle, "rounds": len(ours), "torch_images_per_s": peer_median,
-            "ratio": peer_median and round(middle["images_per_s"] / peer_median, 3),
-            "ratios": [round(o["images_per_s"] / t["images_per_s"], 3) for o, t in zip(ours, theirs, strict=False)]}
+def summary(ours: list[dict], theirs: list[dict | None]) -> dict:
+    """One table row: each side's median images/s over the rounds (the lower middle of an even count, on both
+    sides), their ratio, the ratio of each round whose peer ran, and the first round's compile time (later rounds
+    may load the compilation from the cache)."""
+    def lower_middle(values: list[float]) -> float:
+        return sorted(values)[(len(values) - 1) // 2]
+
+    ran = [t["images_per_s"] for t in theirs if t]
+    ours_median = lower_middle([o["images_per_s"] for o in ours])
+    middle = next(o for o in ours if o["images_per_s"] == ours_median)
+    peer_median = lower_middle(ran) if ran else None
+    return {**middle, "compile_s": ours[0]["compile_s"], "rounds": len(ours), "torch_images_per_s": peer_median,
+            "ratio": peer_median and round(ours_median / peer_median, 3),
+            "ratios": [round(o["images_per_s"] / t["images_per_s"], 3) for o, t in zip(ours, theirs, strict=True)
+                       if t]}
 
 
 def command(model, mode, batch, size, channels, options, steps) -> str:
@@ -79,14 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-python", default=None, help="the interpreter that has torch, for --peer")
     parser.add_argument("--rounds", type=int, default=3, help="alternating jaxnets/peer measurements per row")
     args = parser.parse_args(argv)
+    args.rounds = max(1, args.rounds)
     enable_compilation_cache()
     rows = []
     for model, peer_model, mode, batch, size, channels, options, steps in STANDARD_SET:
         ours, theirs = [], []
-        for _ in range(max(1, args.rounds)):
+        for _ in range(args.rounds):
             ours.append(bench_step(mode, model, batch, size, channels, steps=steps, warmup=2, options=options))
             theirs.append(peer(args.torch_python, args.peer, peer_model, mode, batch, size, steps))
-        row = summary(ours, [t for t in theirs if t])
+        row = summary(ours, theirs)
         rows.append((row, command(model, mode, batch, size, channels, options, steps)))
         print(json.dumps(row), flush=True)
     lines = [

@@ -296,6 +296,8 @@ def _cpu_interceptor(next_fun, args, kwargs, context):
 
 def _pixel_dense(module, next_fun, pixels, *args, **kwargs):
     """A `PixelDense` (uint8 pixels → standardize → product) by jaxnets' own kernel where it takes the layer."""
+    if pixels.dtype != jnp.uint8:  # Flax intercepts PixelDense's own super().__call__ with the float input too
+        return next_fun(pixels, *args, **kwargs)
     params = module.variables["params"]
     plain = (module.dot_general is None and module.dot_general_cls is None and module.precision is None
              and module.dtype in (None, jnp.float32) and not args and not kwargs)

@@ -68,13 +68,16 @@ def build(path: Path) -> None:
     if compiler is None:
         raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         done = subprocess.run([compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, timeout=300)
         if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{compiler} failed: {done.stderr.decode(errors='replace').strip()[-2000:]}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o755 & ~umask)  # mkstemp's 0600 would keep other users of a shared cache from loading it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -86,6 +89,8 @@ def available() -> bool:
     """True once the kernel is built, loaded and registered for the CPU platform (once per process)."""
     if os.environ.get(ENV, "").lower() == "xla":
         return False
+    if jax.device_count() > 1:  # an opaque call over a batch sharded across devices would gather it whole
+        return False
     if not _cpu_has_avx512f():
         log.info("jaxnets' pixel_dense kernel needs AVX-512; XLA's operations compute that layer")
         return False
@@ -95,7 +100,7 @@ def available() -> bool:
             build(path)
         library = ctypes.CDLL(str(path))
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.jaxnets_pixel_dense), platform="cpu")
-    except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as e:
+    except Exception as e:  # whatever goes wrong here, XLA's operations compute the layer
         log.warning("jaxnets' pixel_dense kernel is not available (%s); XLA's operations compute that layer", e)
         return False
     return True
@@ -103,7 +108,8 @@ def available() -> bool:
 
 def takes(pixels: jax.Array, kernel: jax.Array) -> bool:
     """Whether `pixel_dense` runs this layer: uint8 pixels, float32 weights, 1/2/4/8/16 outputs."""
-    return (pixels.dtype == jnp.uint8 and kernel.dtype == jnp.float32 and kernel.ndim == 2
+    return (pixels.dtype == jnp.uint8 and pixels.ndim >= 2 and pixels.shape[0] > 0 and kernel.dtype == jnp.float32
+            and kernel.ndim == 2 and kernel.shape[0] == int(np.prod(pixels.shape[1:]))
             and kernel.shape[1] in OUTPUTS and available())
 
 
@@ -111,15 +117,16 @@ def per_position_affine(standardize: Callable, pixels_shape: tuple[int, ...]) ->
     """(scale, shift) per input position (flattened) with standardize(x) = x·scale + shift, read off the function
     itself at pixel values 0 and 255 and checked at 128; None when it is not such a map (then XLA computes the
     layer). Reading it off the function keeps one preprocessing path: the kernel never re-derives the spec."""
-    probe = np.zeros((3, *pixels_shape[1:]), np.uint8)
+    probe = np.zeros((4, *pixels_shape[1:]), np.uint8)
     probe[1], probe[2] = 255, 128
+    probe[3] = np.random.default_rng(0).integers(0, 256, pixels_shape[1:], dtype=np.uint8)  # position by position?
     try:
-        out = np.asarray(standardize(probe), np.float64).reshape(3, -1)
-    except (TypeError, ValueError):
+        out = np.asarray(standardize(probe), np.float64).reshape(4, -1)
+    except Exception:  # a function the probe cannot go through: XLA computes the layer
         return None
     shift, scale = out[0], (out[1] - out[0]) / 255.0
-    if out.shape[1] != int(np.prod(pixels_shape[1:])) or not np.allclose(out[2], shift + 128.0 * scale, rtol=1e-5,
-                                                                            atol=1e-6):
+    expected = probe[2:].reshape(2, -1) * scale + shift
+    if out.shape[1] != int(np.prod(pixels_shape[1:])) or not np.allclose(out[2:], expected, rtol=1e-5, atol=1e-5):
         return None
     return scale.astype(np.float32), shift.astype(np.float32)
 

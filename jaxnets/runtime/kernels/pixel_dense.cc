@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <thread>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -153,7 +154,10 @@ ffi::Error PixelDense(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> x, ffi::Buffer<
   const int64_t helpers = N * K * O < (int64_t{1} << 21) ? 0 : std::min<int64_t>(pool.num_threads(), job->tasks) - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { job->work(); });
   job->work();
-  while (job->done.load(std::memory_order_acquire) < job->tasks) _mm_pause();
+  // only tasks a running thread has claimed are left: spin briefly, then let that thread have the core
+  for (int spins = 0; job->done.load(std::memory_order_acquire) < job->tasks; ++spins) {
+    if (spins < 4096) _mm_pause(); else std::this_thread::yield();
+  }
   float offset[16];
   offsets(shift.typed_data(), w.typed_data(), bias.typed_data(), offset, K, O);
   float* y = out->typed_data();
