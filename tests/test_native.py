@@ -1,6 +1,7 @@
-"""jaxnets' own XLA:CPU kernel (runtime/native.py): a narrow dense layer read straight from uint8 pixels. It must be
-built and used where it can be, compute what standardize + the product computes, and give way to XLA's operations
-wherever it cannot run (no compiler, switched off, exported, outputs it does not take)."""
+"""jaxnets' own XLA:CPU kernels (runtime/native.py): a narrow dense layer read straight from uint8 pixels, and small
+stride-1 convolutions (forward and weight gradient, at most 16 outputs: LeNet-5). They must be built and used where
+they can be, compute what standardize + the product / lax's convolution computes, and give way to XLA's operations
+wherever they cannot run (no compiler, switched off, exported, shapes or dtypes they do not take)."""
 
 import functools
 import os
@@ -137,6 +138,72 @@ def test_outputs_the_kernel_does_not_take_stay_with_xla():
                                rtol=1e-5, atol=1e-5)
 
 
+def _lax_conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape"), [
+    ((64, 14, 14, 6), (5, 5, 6, 16)),   # LeNet-5's second layer, big enough for the second core
+    ((64, 32, 32, 1), (5, 5, 1, 6)),    # its first layer: 28 outputs a row (three blocks), 6 of 16 lanes
+    ((3, 7, 9, 2), (3, 2, 2, 5)),       # uneven everything
+    ((1, 5, 5, 17), (5, 5, 17, 1)),     # one output; a kernel row of 85 inputs (six passes of the gradient)
+    ((5, 30, 40, 3), (3, 3, 3, 16)),    # 38 outputs a row
+    ((2, 4, 4, 1), (1, 1, 1, 3)),       # a 1x1 kernel
+    ((2, 6, 6, 4), (6, 6, 4, 7)),       # the kernel as large as the image: one output position
+])
+def test_the_conv_kernels_compute_lax_convolution_and_its_weight_gradient(x_shape, w_shape):
+    rng = np.random.default_rng(sum(x_shape) + sum(w_shape))
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+    assert native.takes_conv(x, w) == native.available()
+    if not native.available():
+        pytest.skip("no kernel on this machine (no AVX-512 or no compiler): the fallback tests cover it")
+    want, pullback = jax.vjp(lambda w: _lax_conv(x, w), w)
+    g = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    got = jax.jit(native.conv_forward)(x, w)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    d_w = jax.jit(native.conv_weight_grad, static_argnums=2)(x, g, w.shape)
+    np.testing.assert_allclose(d_w, pullback(g)[0], rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(d_w))))
+
+
+def test_the_conv_kernels_propagate_non_finite_values():
+    x = jnp.ones((2, 8, 8, 3), jnp.float32).at[1, 2, 3, 0].set(jnp.nan)
+    w = jnp.ones((3, 3, 3, 4), jnp.float32)
+    if not native.takes_conv(x, w):
+        pytest.skip("no kernel on this machine")
+    y = np.asarray(jax.jit(native.conv_forward)(x, w))
+    assert np.isnan(y[1, :3, 1:4]).all() and np.isfinite(y[0]).all() and np.isfinite(y[1, 3:]).all()
+    d_w = jax.jit(native.conv_weight_grad, static_argnums=2)(x, jnp.ones((2, 6, 6, 4), jnp.float32), w.shape)
+    assert np.isnan(np.asarray(d_w)[..., 0, :]).all() and np.isfinite(np.asarray(d_w)[..., 1:, :]).all()
+
+
+def _lenet_step(dtype=jnp.float32):
+    model = create_model("lenet5", 10, dtype=dtype)
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(8, 32, 32, 1)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    loss = lambda v: jnp.sum(jnp.tanh(model.apply(v, x).astype(jnp.float32)) ** 2)  # noqa: E731
+    return jax.value_and_grad(loss), variables
+
+
+def test_lenet_trains_through_the_conv_kernels_with_lax_gradients():
+    step, variables = _lenet_step()
+    fast = runtime.jit(step)
+    hlo = fast.lower(variables).compile().as_text()
+    for target in (native.CONV_FORWARD, native.CONV_WEIGHT_GRAD):
+        assert (target in hlo) == native.available()
+    assert hlo.count(native.CONV_WEIGHT_GRAD) == (2 if native.available() else 0)  # both layers' kernels
+    for got, want in zip(jax.tree.leaves(fast(variables)), jax.tree.leaves(jax.jit(step)(variables)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_bfloat16_convolutions_stay_with_xla():
+    step, variables = _lenet_step(jnp.bfloat16)
+    hlo = runtime.jit(step).lower(variables).compile().as_text()
+    assert native.CONV_FORWARD not in hlo and native.CONV_WEIGHT_GRAD not in hlo
+
+
 _FALLBACK = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
@@ -151,8 +218,16 @@ pixels = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), d
 variables = model.init(jax.random.PRNGKey(0), standardize(pixels, spec))
 fast = runtime.jit(forward(model, spec))
 same = np.allclose(fast(variables, pixels), model.apply(variables, standardize(pixels, spec)), atol=1e-5)
-print(json.dumps({"available": native.available(), "used": native.TARGET in fast.lower(variables, pixels).compile(
-    ).as_text(), "same": bool(same)}))
+lenet = create_model("lenet5", 10)
+digits = jnp.asarray(np.random.default_rng(1).normal(size=(4, 32, 32, 1)), jnp.float32)
+lenet_vars = lenet.init(jax.random.PRNGKey(0), digits)
+step = jax.grad(lambda v: jnp.sum(lenet.apply(v, digits) ** 2))
+fast_step = runtime.jit(step)
+same = same and all(np.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(
+    jax.tree.leaves(fast_step(lenet_vars)), jax.tree.leaves(jax.jit(step)(lenet_vars))))
+hlo = fast.lower(variables, pixels).compile().as_text() + fast_step.lower(lenet_vars).compile().as_text()
+used = any(t in hlo for t in (native.TARGET, native.CONV_FORWARD, native.CONV_WEIGHT_GRAD))
+print(json.dumps({"available": native.available(), "used": used, "same": bool(same)}))
 """
 
 

@@ -1,9 +1,13 @@
-"""jaxnets' own XLA:CPU kernel (`kernels/pixel_dense.cc`): built on first use, loaded, registered with XLA's FFI.
+"""jaxnets' own XLA:CPU kernels (`kernels/*.cc`): built on first use, loaded, registered with XLA's FFI.
 
-Why a kernel of our own: a narrow dense layer over uint8 pixels (logistic regression, the shallow net) is a
-memory-bound product, and XLA:CPU can only run it as a conversion pass that writes the batch back as float32
-followed by a library product (BENCHMARKS.md, "Why the small predict rows..."). The kernel converts in
-registers instead and reads the batch once, as bytes.
+Why kernels of our own: two kinds of small layer that XLA:CPU runs far below the machine's speed.
+- `pixel_dense`: a narrow dense layer over uint8 pixels (logistic regression, the shallow net) is a
+  memory-bound product, and XLA:CPU can only run it as a conversion pass that writes the batch back as float32
+  followed by a library product (BENCHMARKS.md, "Why the small predict rows..."). The kernel converts in
+  registers instead and reads the batch once, as bytes.
+- `conv_forward`, `conv_weight_grad`: stride-1 VALID convolutions with at most 16 output channels (LeNet-5),
+  which XLA:CPU runs at 18-41 GFLOP/s; one AVX-512 register holds all the outputs of a position, so the kernels
+  are streams of broadcast-multiply-adds over the NHWC data as it lies (no transposes).
 
 The shared library is compiled with the system's C++ compiler (`$CXX`, else `g++`) against the FFI headers that
 jaxlib ships, into `native/` of jaxnets' cache (`$JAXNETS_CACHE`, else `~/.cache/jaxnets`), named by a digest of
@@ -33,8 +37,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ENV = "JAXNETS_CPU_KERNELS"  # "xla" leaves every layer to XLA's operations
-SOURCE = Path(__file__).with_name("kernels") / "pixel_dense.cc"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = (KERNELS / "pixel_dense.cc", KERNELS / "small_conv.cc")
+HEADERS = (KERNELS / "parallel.h",)
 TARGET = "jaxnets_pixel_dense"
+CONV_FORWARD, CONV_WEIGHT_GRAD = "jaxnets_conv_forward", "jaxnets_conv_weight_grad"
+CONV_OUTPUTS = 16  # at most this many output channels: one AVX-512 register
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mfma")
 OUTPUTS = (1, 2, 4, 8, 16)  # the output widths the kernel takes (divisors of one 16-float register)
 
@@ -58,12 +66,13 @@ def library_path() -> Path:
     """Where the build for this source, jaxlib and flags lives."""
     import jaxlib
 
-    digest = hashlib.sha256(SOURCE.read_bytes() + jaxlib.__version__.encode() + " ".join(FLAGS).encode())
-    return cache_dir() / f"pixel_dense-{digest.hexdigest()[:16]}.so"
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS)) + jaxlib.__version__.encode()
+                            + " ".join(FLAGS).encode())
+    return cache_dir() / f"kernels-{digest.hexdigest()[:16]}.so"
 
 
 def build(path: Path) -> None:
-    """Compile the kernel into `path` (atomically: a temporary in the same folder, then a rename)."""
+    """Compile the kernels into `path` (atomically: a temporary in the same folder, then a rename)."""
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH")
@@ -71,7 +80,7 @@ def build(path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp],
+        done = subprocess.run([compiler, *FLAGS, "-I", jax.ffi.include_dir(), *map(str, SOURCES), "-o", tmp],
                               capture_output=True, timeout=300)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.decode(errors='replace').strip()[-2000:]}")
@@ -86,22 +95,23 @@ def build(path: Path) -> None:
 
 @functools.cache
 def available() -> bool:
-    """True once the kernel is built, loaded and registered for the CPU platform (once per process)."""
+    """True once the kernels are built, loaded and registered for the CPU platform (once per process)."""
     if os.environ.get(ENV, "").lower() == "xla":
         return False
     if jax.device_count() > 1:  # an opaque call over a batch sharded across devices would gather it whole
         return False
     if not _cpu_has_avx512f():
-        log.info("jaxnets' pixel_dense kernel needs AVX-512; XLA's operations compute that layer")
+        log.info("jaxnets' kernels need AVX-512; XLA's operations compute those layers")
         return False
     try:
         path = library_path()
         if not path.exists():
             build(path)
         library = ctypes.CDLL(str(path))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.jaxnets_pixel_dense), platform="cpu")
-    except Exception as e:  # whatever goes wrong here, XLA's operations compute the layer
-        log.warning("jaxnets' pixel_dense kernel is not available (%s); XLA's operations compute that layer", e)
+        for target in (TARGET, CONV_FORWARD, CONV_WEIGHT_GRAD):
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
+    except Exception as e:  # whatever goes wrong here, XLA's operations compute the layers
+        log.warning("jaxnets' kernels are not available (%s); XLA's operations compute those layers", e)
         return False
     return True
 
@@ -160,3 +170,26 @@ def _pixel_dense_bwd(residuals, g):
 
 
 _pixel_dense.defvjp(_pixel_dense_fwd, _pixel_dense_bwd)
+
+
+def takes_conv(lhs: jax.Array, rhs: jax.Array) -> bool:
+    """Whether `conv_forward`/`conv_weight_grad` run this stride-1 VALID convolution: a float32 NHWC input, a
+    float32 HWIO kernel no larger than the image, at most 16 output channels."""
+    return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.ndim == 4 and rhs.ndim == 4
+            and lhs.shape[0] > 0 and rhs.shape[2] == lhs.shape[3] and 1 <= rhs.shape[3] <= CONV_OUTPUTS
+            and rhs.shape[0] <= lhs.shape[1] and rhs.shape[1] <= lhs.shape[2] and available())
+
+
+def conv_forward(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    """lax's stride-1 VALID NHWC convolution of `lhs` with the HWIO `rhs`, by the kernel (where `takes_conv`)."""
+    n, h, w, _ = lhs.shape
+    kh, kw, _, o = rhs.shape
+    out = jax.ShapeDtypeStruct((n, h - kh + 1, w - kw + 1, o), jnp.float32)
+    return jax.ffi.ffi_call(CONV_FORWARD, out)(lhs, rhs)
+
+
+def conv_weight_grad(lhs: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
+    """The gradient of that convolution's kernel for the output cotangent `g`: Σ over the batch and the output
+    positions of each input window times `g` (where `takes_conv`)."""
+    out = jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32)
+    return jax.ffi.ffi_call(CONV_WEIGHT_GRAD, out)(lhs, g.astype(jnp.float32))

@@ -9,17 +9,14 @@
 // input position), w [K, O] (Flax's kernel, not transposed), bias [O]; O divides 16. For O > 1 one
 // 16-float load of w holds G = 16 / O input positions x O outputs, and each position's pixel is spread
 // over its O lanes by a permutation; lane l of an accumulator belongs to output l % O.
-// Rows are split between the calling thread and XLA's intra-op pool by an atomic counter, so a helper
-// that starts late finds no work and never waits: no deadlock when the pool is busy.
+// Rows are split between the calling thread and XLA's intra-op pool (parallel.h).
 
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <memory>
-#include <thread>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -126,18 +123,6 @@ void offsets(const float* shift, const float* w, const float* bias, float* offse
   }
 }
 
-struct Job {
-  Problem p;
-  int64_t tasks;
-  std::atomic<int64_t> next{0}, done{0};
-  void work() {
-    for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
-      some_rows(p, t * kRowsPerTask, std::min(p.n, (t + 1) * kRowsPerTask));
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 ffi::Error PixelDense(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> x, ffi::Buffer<ffi::F32> scale,
                       ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
                       ffi::ResultBuffer<ffi::F32> out) {
@@ -147,17 +132,9 @@ ffi::Error PixelDense(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> x, ffi::Buffer<
       shift.element_count() != K || O < 1 || 16 % O != 0)
     return ffi::Error::InvalidArgument("pixel_dense: shapes do not match x [N, K], w [K, O] with O dividing 16");
   if (N == 0) return ffi::Error::Success();
-  auto job = std::make_shared<Job>();
-  job->p = Problem{x.typed_data(), scale.typed_data(), w.typed_data(), out->typed_data(), N, K, O};
-  job->tasks = (N + kRowsPerTask - 1) / kRowsPerTask;
-  // below ~2M multiply-adds a hand-off costs more than the second core gives
-  const int64_t helpers = N * K * O < (int64_t{1} << 21) ? 0 : std::min<int64_t>(pool.num_threads(), job->tasks) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job] { job->work(); });
-  job->work();
-  // only tasks a running thread has claimed are left: spin briefly, then let that thread have the core
-  for (int spins = 0; job->done.load(std::memory_order_acquire) < job->tasks; ++spins) {
-    if (spins < 4096) _mm_pause(); else std::this_thread::yield();
-  }
+  const Problem p{x.typed_data(), scale.typed_data(), w.typed_data(), out->typed_data(), N, K, O};
+  jaxnets::parallel_tasks(pool, (N + kRowsPerTask - 1) / kRowsPerTask, N * K * O >= jaxnets::kThreadedMacs,
+                          [p](int64_t t) { some_rows(p, t * kRowsPerTask, std::min(p.n, (t + 1) * kRowsPerTask)); });
   float offset[16];
   offsets(shift.typed_data(), w.typed_data(), bias.typed_data(), offset, K, O);
   float* y = out->typed_data();

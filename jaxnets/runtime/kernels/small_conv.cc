@@ -1,0 +1,196 @@
+// Small stride-1 VALID convolutions, NHWC, float32, at most 16 output channels: LeNet-5's layers.
+//
+// Why (runtime/cpu.py, item 9): XLA:CPU runs these at 18-41 GFLOP/s: the forward as a convolution its own
+// emitted loops compute, the weight gradient as a convolution over a 28x28 "window" after transposing both
+// operands channel-major. With at most 16 output channels one AVX-512 register holds every output channel of
+// one position, so both are plain streams of broadcast-multiply-adds over NHWC data as it lies.
+//
+// conv_forward:     y[n, oy, ox, o] = sum_{ky, kx, c} x[n, oy + ky, ox + kx, c] * w[ky, kx, c, o]
+//   B consecutive outputs of a row in B registers; for each kernel row the inputs (kx, c) are contiguous in x,
+//   and so are the weights: one 16-float load of w per (ky, kx, c), B broadcasts of x.
+// conv_weight_grad: dw[ky, kx, c, o] = sum_{n, oy, ox} x[n, oy + ky, ox + kx, c] * g[n, oy, ox, o]
+//   R rows (ky, a run of (kx, c)) of dw in R registers; for each output position one load of g, R broadcasts
+//   of x. The batch is cut into slices, each slice sums into its own partial dw, the partials are added last.
+// Lanes beyond O are masked: never read, never written.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Shape {
+  int64_t n, h, w, c, kh, kw, o, oh, ow;
+  int64_t run() const { return kw * c; }  // one kernel row's inputs (kx, c), contiguous in x and in w
+  int64_t macs() const { return n * oh * ow * kh * kw * c * o; }
+};
+
+inline __mmask16 out_lanes(int64_t o) { return static_cast<__mmask16>((1u << o) - 1u); }
+
+constexpr int kMaxBlock = 12;  // outputs of a row per block (registers: kMaxBlock accumulators + 1 weight)
+
+template <int B>
+void forward_block(const Shape& s, const float* x, const float* w, float* y, int64_t n, int64_t oy,
+                   int64_t ox0) {
+  // the shape read into locals: GCC otherwise keeps the accumulators in memory across the loop
+  const int64_t run = s.run(), c = s.c, o = s.o, kh = s.kh;
+  const __mmask16 m = out_lanes(o);
+  __m512 acc[B];
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b) acc[b] = _mm512_setzero_ps();
+  for (int64_t ky = 0; ky < kh; ++ky) {
+    const float* xr = x + ((n * s.h + oy + ky) * s.w + ox0) * c;
+    const float* wr = w + ky * run * o;
+    for (int64_t j = 0; j < run; ++j) {
+      const __m512 wv = _mm512_maskz_loadu_ps(m, wr + j * o);
+#pragma GCC unroll 16
+      for (int b = 0; b < B; ++b) acc[b] = _mm512_fmadd_ps(_mm512_set1_ps(xr[b * c + j]), wv, acc[b]);
+    }
+  }
+  float* yr = y + ((n * s.oh + oy) * s.ow + ox0) * o;
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b) _mm512_mask_storeu_ps(yr + b * o, m, acc[b]);
+}
+
+using ForwardBlock = void (*)(const Shape&, const float*, const float*, float*, int64_t, int64_t, int64_t);
+template <int... B>
+constexpr auto forward_table(std::integer_sequence<int, B...>) {
+  return std::array<ForwardBlock, sizeof...(B)>{forward_block<B + 1>...};
+}
+constexpr auto kForward = forward_table(std::make_integer_sequence<int, kMaxBlock>{});
+
+// one output row, cut into near-equal blocks of at most kMaxBlock positions
+void forward_row(const Shape& s, const float* x, const float* w, float* y, int64_t n, int64_t oy) {
+  const int64_t blocks = (s.ow + kMaxBlock - 1) / kMaxBlock;
+  for (int64_t i = 0, ox = 0; i < blocks; ++i) {
+    const int64_t size = (s.ow - ox) / (blocks - i);
+    kForward[size - 1](s, x, w, y, n, oy, ox);
+    ox += size;
+  }
+}
+
+constexpr int kMaxRun = 16;  // rows of dw per pass (registers: kMaxRun accumulators + 1 gradient)
+
+template <int R>
+void weight_grad_rows(const Shape& s, const float* x, const float* g, float* partial, int64_t n0, int64_t n1,
+                      int64_t ky, int64_t j0) {
+  const int64_t c = s.c, o = s.o, oh = s.oh, ow = s.ow, row = s.w * c;  // locals, as in forward_block
+  const __mmask16 m = out_lanes(o);
+  __m512 acc[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t oy = 0; oy < oh; ++oy) {
+      const float* xp = x + (n * s.h + oy + ky) * row + j0;
+      const float* gp = g + (n * oh + oy) * ow * o;
+      for (int64_t ox = 0; ox < ow; ++ox, xp += c, gp += o) {
+        const __m512 gv = _mm512_maskz_loadu_ps(m, gp);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(xp[r]), gv, acc[r]);
+      }
+    }
+  }
+  float* out = partial + (ky * s.run() + j0) * 16;
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * 16, acc[r]);
+}
+
+using WeightGradRows = void (*)(const Shape&, const float*, const float*, float*, int64_t, int64_t, int64_t,
+                                int64_t);
+template <int... R>
+constexpr auto weight_grad_table(std::integer_sequence<int, R...>) {
+  return std::array<WeightGradRows, sizeof...(R)>{weight_grad_rows<R + 1>...};
+}
+constexpr auto kWeightGrad = weight_grad_table(std::make_integer_sequence<int, kMaxRun>{});
+
+// every row of dw for batch entries [n0, n1): partial [KH * KW * C, 16]
+void weight_grad_slice(const Shape& s, const float* x, const float* g, float* partial, int64_t n0, int64_t n1) {
+  const int64_t run = s.run(), passes = (run + kMaxRun - 1) / kMaxRun;
+  for (int64_t ky = 0; ky < s.kh; ++ky) {
+    for (int64_t i = 0, j = 0; i < passes; ++i) {
+      const int64_t size = (run - j) / (passes - i);
+      kWeightGrad[size - 1](s, x, g, partial, n0, n1, ky, j);
+      j += size;
+    }
+  }
+}
+
+ffi::Error conv_shape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
+                      Shape* s) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4)
+    return ffi::Error::InvalidArgument("small_conv: x, w and y must be 4-d (NHWC, HWIO, NHWC)");
+  *s = Shape{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2]};
+  if (w[2] != s->c || s->o < 1 || s->o > 16 || s->kh < 1 || s->kw < 1 || s->oh != s->h - s->kh + 1 ||
+      s->ow != s->w - s->kw + 1 || s->oh < 1 || s->ow < 1 || y[0] != s->n || y[3] != s->o)
+    return ffi::Error::InvalidArgument("small_conv: shapes are not a VALID stride-1 convolution with O <= 16");
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y) {
+  Shape s;
+  if (ffi::Error e = conv_shape(x.dimensions(), w.dimensions(), y->dimensions(), &s); e.failure()) return e;
+  if (s.n == 0) return ffi::Error::Success();
+  const float *xd = x.typed_data(), *wd = w.typed_data();
+  float* yd = y->typed_data();
+  constexpr int64_t kRows = 2;
+  const int64_t rows = s.n * s.oh;
+  jaxnets::parallel_tasks(pool, (rows + kRows - 1) / kRows, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
+    for (int64_t r = t * kRows; r < std::min(rows, (t + 1) * kRows); ++r) forward_row(s, xd, wd, yd, r / s.oh, r % s.oh);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                          ffi::ResultBuffer<ffi::F32> dw) {
+  Shape s;
+  if (ffi::Error e = conv_shape(x.dimensions(), dw->dimensions(), g.dimensions(), &s); e.failure()) return e;
+  const int64_t rows = s.kh * s.run();
+  float* out = dw->typed_data();
+  if (s.n == 0) {
+    std::fill(out, out + rows * s.o, 0.0f);
+    return ffi::Error::Success();
+  }
+  // slices of the batch: enough for two cores to balance, few enough that the partials stay small
+  const int64_t slices = std::min<int64_t>(s.n, 8), per = (s.n + slices - 1) / slices;
+  const int64_t tasks = (s.n + per - 1) / per;
+  std::vector<float> partial(static_cast<size_t>(tasks * rows * 16));
+  const float *xd = x.typed_data(), *gd = g.typed_data();
+  float* pd = partial.data();
+  jaxnets::parallel_tasks(pool, tasks, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
+    weight_grad_slice(s, xd, gd, pd + t * rows * 16, t * per, std::min(s.n, (t + 1) * per));
+  });
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t o = 0; o < s.o; ++o) {
+      float sum = 0.0f;
+      for (int64_t t = 0; t < tasks; ++t) sum += pd[(t * rows + r) * 16 + o];
+      out[r * s.o + o] = sum;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxnets_conv_forward, ConvForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxnets_conv_weight_grad, ConvWeightGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
