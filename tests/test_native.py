@@ -151,8 +151,10 @@ def _lax_conv(x, w):
     ((5, 30, 40, 3), (3, 3, 3, 16)),    # 38 outputs a row
     ((2, 4, 4, 1), (1, 1, 1, 3)),       # a 1x1 kernel
     ((2, 6, 6, 4), (6, 6, 4, 7)),       # the kernel as large as the image: one output position
+    ((3, 9, 11, 16), (3, 3, 16, 16)),   # 16 channels: three chunks of the input gradient
+    ((2, 3, 3, 2), (2, 2, 2, 9)),       # rows narrower than a block of the input gradient
 ])
-def test_the_conv_kernels_compute_lax_convolution_and_its_weight_gradient(x_shape, w_shape):
+def test_the_conv_kernels_compute_lax_convolution_and_its_gradients(x_shape, w_shape):
     rng = np.random.default_rng(sum(x_shape) + sum(w_shape))
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
@@ -166,6 +168,9 @@ def test_the_conv_kernels_compute_lax_convolution_and_its_weight_gradient(x_shap
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
     d_w = jax.jit(native.conv_weight_grad, static_argnums=2)(x, g, w.shape)
     np.testing.assert_allclose(d_w, pullback(g)[0], rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(d_w))))
+    d_x, want_d_x = jax.jit(native.conv_input_grad)(g, w), jax.vjp(lambda x: _lax_conv(x, w), x)[1](g)[0]
+    assert d_x.shape == x.shape
+    np.testing.assert_allclose(d_x, want_d_x, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want_d_x))))
 
 
 def test_the_conv_kernels_propagate_non_finite_values():
@@ -191,8 +196,9 @@ def test_lenet_trains_through_the_conv_kernels_with_lax_gradients():
     step, variables = _lenet_step()
     fast = runtime.jit(step)
     hlo = fast.lower(variables).compile().as_text()
-    for target in (native.CONV_FORWARD, native.CONV_WEIGHT_GRAD):
+    for target in (native.CONV_FORWARD, native.CONV_WEIGHT_GRAD, native.CONV_INPUT_GRAD):
         assert (target in hlo) == native.available()
+    assert hlo.count(native.CONV_INPUT_GRAD) == (1 if native.available() else 0)  # the first layer's: none
     assert hlo.count(native.CONV_WEIGHT_GRAD) == (2 if native.available() else 0)  # both layers' kernels
     for got, want in zip(jax.tree.leaves(fast(variables)), jax.tree.leaves(jax.jit(step)(variables)), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
@@ -201,7 +207,7 @@ def test_lenet_trains_through_the_conv_kernels_with_lax_gradients():
 def test_bfloat16_convolutions_stay_with_xla():
     step, variables = _lenet_step(jnp.bfloat16)
     hlo = runtime.jit(step).lower(variables).compile().as_text()
-    assert native.CONV_FORWARD not in hlo and native.CONV_WEIGHT_GRAD not in hlo
+    assert not any(t in hlo for t in (native.CONV_FORWARD, native.CONV_WEIGHT_GRAD, native.CONV_INPUT_GRAD))
 
 
 _FALLBACK = """
@@ -226,7 +232,7 @@ fast_step = runtime.jit(step)
 same = same and all(np.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(
     jax.tree.leaves(fast_step(lenet_vars)), jax.tree.leaves(jax.jit(step)(lenet_vars))))
 hlo = fast.lower(variables, pixels).compile().as_text() + fast_step.lower(lenet_vars).compile().as_text()
-used = any(t in hlo for t in (native.TARGET, native.CONV_FORWARD, native.CONV_WEIGHT_GRAD))
+used = any(t in hlo for t in (native.TARGET, native.CONV_FORWARD, native.CONV_WEIGHT_GRAD, native.CONV_INPUT_GRAD))
 print(json.dumps({"available": native.available(), "used": used, "same": bool(same)}))
 """
 

@@ -15,7 +15,8 @@
    With 2–16 input channels (LeNet-5's second layer) the input gradient —
    a transposed convolution XLA:CPU runs at a few GFLOP/s for a 6-channel output (0.90 ms of a 2.7 ms step)
    — is one matmul and a col2im sum of shifted windows (0.41 ms), the same values to float rounding.
-   Their forward (2–16 channels) and weight gradients (1–16) are jaxnets' own kernels: item 9.
+   Where jaxnets' own kernels run (item 9) they compute the forward, the input gradient (2–16 channels) and
+   the weight gradients (1–16 channels) instead.
 3. Wide convolutions (≥ 64 input channels: ResNet, VGG, AlexNet). lax's own gradient, except that the weight
    gradient reads the input the forward pass stored: XLA:CPU otherwise recomputes BatchNorm + ReLU (+ the
    residual add) inside the channel-major transpose that convolution needs, reading across the grain. ResNet-18's
@@ -53,13 +54,15 @@
    converts 16 pixels at a time in a register, reads the batch once as bytes and splits the rows between the
    two cores: that layer 72 → 24 µs, the shallow net's [32, 49152] → 4 layer ~400 → 137 µs (Zen 4). Layers of
    1, 2, 4, 8 or 16 outputs in float32; anything else, or no kernel, is standardize + nn.Dense as before.
-9. Small convolutions' forward and weight gradient (LeNet-5). XLA:CPU runs a stride-1 VALID convolution with
-   16 outputs at ~60 GFLOP/s forward and computes its weight gradient as a convolution over a 28×28 "window"
-   after transposing both operands channel-major (~25 GFLOP/s). With at most 16 output channels one AVX-512
-   register holds all the outputs of a position, and jaxnets' kernels (`native.py`, `kernels/small_conv.cc`)
-   run both as streams of broadcast-multiply-adds over the NHWC data as it lies: LeNet-5's second layer
-   forward 0.53 → 0.17 ms, its weight gradient 0.52 → 0.16 ms, the first layer's weight gradient 1.29 → 0.21 ms
-   (batch 64, Zen 4). float32 only; bfloat16, or no kernel, is lax's as before.
+9. Small convolutions (LeNet-5). XLA:CPU runs a stride-1 VALID convolution with 16 outputs at ~60 GFLOP/s
+   forward and computes its weight gradient as a convolution over a 28×28 "window" after transposing both
+   operands channel-major (~25 GFLOP/s). With at most 16 output channels one AVX-512 register holds all the
+   outputs of a position, and jaxnets' kernels (`native.py`, `kernels/small_conv.cc`) run the forward and the
+   weight gradient as streams of broadcast-multiply-adds over the NHWC data as it lies, and the input gradient
+   with the contraction over the outputs along the lanes: LeNet-5's second layer forward 0.53 → 0.17 ms, its
+   weight gradient 0.52 → 0.16 ms, its input gradient (item 2's matmul + col2im) 0.62 → 0.48 ms, the first
+   layer's weight gradient 1.29 → 0.21 ms (batch 64, Zen 4). float32 only; bfloat16, or no kernel, is lax's
+   (and item 2's) as before.
 """
 
 from __future__ import annotations
@@ -179,9 +182,15 @@ def _few_channel_fwd(lhs, rhs):
 
 
 def _few_channel_bwd(residuals, g):
-    # the input's gradient as one matmul that spreads each output's gradient over its window, then the windows
-    # added back in place (col2im): XLA:CPU's transposed convolution runs a 6-channel output at a few GFLOP/s
     lhs, rhs = residuals
+    if native.takes_conv(lhs, rhs):  # jaxnets' kernel: the contraction over the outputs along its lanes
+        return native.conv_input_grad(g, rhs).astype(lhs.dtype), _weight_grad(lhs, rhs, g)
+    return _col2im_input_grad(rhs, g).astype(lhs.dtype), _weight_grad(lhs, rhs, g)
+
+
+def _col2im_input_grad(rhs: jax.Array, g: jax.Array) -> jax.Array:
+    """The input's gradient as one matmul that spreads each output's gradient over its window, then the windows
+    added back in place (col2im): XLA:CPU's transposed convolution runs a 6-channel output at a few GFLOP/s."""
     kh, kw, c, o = rhs.shape
     n, h, w, _ = g.shape
     # in float32 whatever the compute dtype, as lax accumulates: bfloat16 sums of the windows lost 4× accuracy.
@@ -189,9 +198,8 @@ def _few_channel_bwd(residuals, g):
     # (position-major [N, h, w, kh·kw·c] read 25 rows 600 bytes apart per output: 7.3 → 4.2–5.1 ms at batch 256)
     spread = jnp.matmul(rhs.reshape(kh * kw * c, o).astype(g.dtype), g.reshape(-1, o).T,
                         preferred_element_type=jnp.float32).reshape(kh, kw, c, n, h, w)
-    d_lhs = sum(jnp.pad(spread[i, j], ((0, 0), (0, 0), (i, kh - 1 - i), (j, kw - 1 - j)))
-                for i in range(kh) for j in range(kw)).transpose(1, 2, 3, 0)
-    return d_lhs.astype(lhs.dtype), _weight_grad(lhs, rhs, g)
+    return sum(jnp.pad(spread[i, j], ((0, 0), (0, 0), (i, kh - 1 - i), (j, kw - 1 - j)))
+               for i in range(kh) for j in range(kw)).transpose(1, 2, 3, 0)
 
 
 _few_channel_conv.defvjp(_few_channel_fwd, _few_channel_bwd)

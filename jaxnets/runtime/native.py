@@ -5,9 +5,9 @@ Why kernels of our own: two kinds of small layer that XLA:CPU runs far below the
   memory-bound product, and XLA:CPU can only run it as a conversion pass that writes the batch back as float32
   followed by a library product (BENCHMARKS.md, "Why the small predict rows..."). The kernel converts in
   registers instead and reads the batch once, as bytes.
-- `conv_forward`, `conv_weight_grad`: stride-1 VALID convolutions with at most 16 output channels (LeNet-5),
-  which XLA:CPU runs at 18-41 GFLOP/s; one AVX-512 register holds all the outputs of a position, so the kernels
-  are streams of broadcast-multiply-adds over the NHWC data as it lies (no transposes).
+- `conv_forward`, `conv_weight_grad`, `conv_input_grad`: stride-1 VALID convolutions with at most 16 output
+  channels (LeNet-5), which XLA:CPU runs at 18-60 GFLOP/s; one AVX-512 register holds all the outputs of a
+  position, so the kernels are streams of multiply-adds over the NHWC data as it lies (no transposes).
 
 The shared library is compiled with the system's C++ compiler (`$CXX`, else `g++`) against the FFI headers that
 jaxlib ships, into `native/` of jaxnets' cache (`$JAXNETS_CACHE`, else `~/.cache/jaxnets`), named by a digest of
@@ -42,6 +42,7 @@ SOURCES = (KERNELS / "pixel_dense.cc", KERNELS / "small_conv.cc")
 HEADERS = (KERNELS / "parallel.h",)
 TARGET = "jaxnets_pixel_dense"
 CONV_FORWARD, CONV_WEIGHT_GRAD = "jaxnets_conv_forward", "jaxnets_conv_weight_grad"
+CONV_INPUT_GRAD = "jaxnets_conv_input_grad"
 CONV_OUTPUTS = 16  # at most this many output channels: one AVX-512 register
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mfma")
 OUTPUTS = (1, 2, 4, 8, 16)  # the output widths the kernel takes (divisors of one 16-float register)
@@ -108,7 +109,7 @@ def available() -> bool:
         if not path.exists():
             build(path)
         library = ctypes.CDLL(str(path))
-        for target in (TARGET, CONV_FORWARD, CONV_WEIGHT_GRAD):
+        for target in (TARGET, CONV_FORWARD, CONV_WEIGHT_GRAD, CONV_INPUT_GRAD):
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
     except Exception as e:  # whatever goes wrong here, XLA's operations compute the layers
         log.warning("jaxnets' kernels are not available (%s); XLA's operations compute those layers", e)
@@ -193,3 +194,13 @@ def conv_weight_grad(lhs: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]
     positions of each input window times `g` (where `takes_conv`)."""
     out = jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32)
     return jax.ffi.ffi_call(CONV_WEIGHT_GRAD, out)(lhs, g.astype(jnp.float32))
+
+
+def conv_input_grad(g: jax.Array, rhs: jax.Array) -> jax.Array:
+    """The gradient of that convolution's input for the output cotangent `g` (where `takes_conv`): the padding
+    and the kernel's flip are XLA's (small), the contraction over the outputs is the kernel's."""
+    n, oh, ow, _ = g.shape
+    kh, kw, c, _ = rhs.shape
+    padded = jnp.pad(g.astype(jnp.float32), ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    out = jax.ShapeDtypeStruct((n, oh + kh - 1, ow + kw - 1, c), jnp.float32)
+    return jax.ffi.ffi_call(CONV_INPUT_GRAD, out)(padded, rhs[::-1, ::-1])
