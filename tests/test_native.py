@@ -67,19 +67,28 @@ def test_pixel_dense_is_standardize_then_the_product(outputs, n, h, w, c, normal
     assert got.shape == (n, outputs)
 
 
-def test_pixel_dense_gradients_are_those_of_the_reference():
-    spec = PreprocessSpec(16, 16, 3, normalize="imagenet")
-    pixels, kernel, bias = _problem(6, 16, 16, 3, 4, seed=1)
+@pytest.mark.parametrize("outputs", native.OUTPUTS)
+@pytest.mark.parametrize(("n", "h", "w", "c", "normalize"), [
+    (6, 16, 16, 3, "imagenet"),   # K = 768: whole blocks of positions
+    (9, 5, 7, 3, "half"),         # K = 105: a block of 16 and a tail of 9 positions
+    (1, 13, 13, 1, "none"),       # one row, K = 169
+    (40, 64, 64, 3, "imagenet"),  # big enough for the second core
+])
+def test_pixel_dense_gradients_are_those_of_the_reference(outputs, n, h, w, c, normalize):
+    # the kernel's gradient is a second kernel over the same bytes; the bias's is Σ g
+    spec = PreprocessSpec(h, w, c, normalize=normalize)
+    pixels, kernel, bias = _problem(n, h, w, c, outputs, seed=1, extremes=True)
     affine = native.per_position_affine(functools.partial(standardize, spec=spec), pixels.shape)
-    g = jnp.asarray(np.random.default_rng(2).normal(size=(6, 4)), jnp.float32)
+    g = jnp.asarray(np.random.default_rng(2).normal(size=(n, outputs)), jnp.float32)
 
     def loss(fun):
         return lambda k, b: jnp.sum(fun(k, b) * g)
 
-    got = jax.grad(loss(lambda k, b: native.pixel_dense(pixels, k, b, *affine)), argnums=(0, 1))(kernel, bias)
+    got = jax.jit(jax.grad(loss(lambda k, b: native.pixel_dense(pixels, k, b, *affine)), argnums=(0, 1)))(kernel, bias)
     want = jax.grad(loss(lambda k, b: _reference(pixels, k, b, spec)), argnums=(0, 1))(kernel, bias)
+    scale = float(jnp.max(jnp.abs(standardize(pixels, spec)))) * float(jnp.sum(jnp.abs(g), 0).max())
     for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6 * scale)
 
 
 @pytest.mark.parametrize(("name", "num_classes", "size", "options"), [
@@ -208,6 +217,36 @@ def test_bfloat16_convolutions_stay_with_xla():
     step, variables = _lenet_step(jnp.bfloat16)
     hlo = runtime.jit(step).lower(variables).compile().as_text()
     assert not any(t in hlo for t in (native.CONV_FORWARD, native.CONV_WEIGHT_GRAD, native.CONV_INPUT_GRAD))
+
+
+@pytest.mark.parametrize(("name", "options", "augment"), [
+    ("shallow_mlp", {}, "none"),            # one output: the kernels, forward and weight gradient
+    ("mlp", {"hidden_sizes": (16,)}, "none"),  # 16 outputs
+    ("shallow_mlp", {}, "flip"),            # augmented: the step standardises the augmented images itself
+])
+def test_a_train_step_reads_the_pixels_through_the_kernels_and_learns_the_same(name, options, augment):
+    from jaxnets.data.augment import get_augment
+    from jaxnets.train import OptimConfig, StepConfig, create_state, make_optimizer
+    from jaxnets.train.steps import make_train_step, reads_pixels, train_step_fn
+
+    spec = PreprocessSpec(24, 24, 3, normalize="imagenet")
+    # plain SGD: Adam's first step is ±lr wherever a gradient is nonzero, which turns float rounding into lr
+    tx, _ = make_optimizer(OptimConfig(optimizer="sgd", lr=0.5), 5, 2)
+    model, state = create_state(name, 2, options, spec.shape, tx, 0)
+    cfg = StepConfig(spec, 2, True, augment=get_augment(augment))
+    rng = np.random.default_rng(6)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (40, 24, 24, 3), dtype=np.uint8)),
+             "label": jnp.asarray(rng.integers(0, 2, 40), jnp.int32), "mask": jnp.ones(40, bool).at[-3:].set(False)}
+    assert reads_pixels(model, cfg) == (augment == "none")
+    fast = make_train_step(model, tx, cfg)
+    hlo = fast.lower(state, batch).compile().as_text()
+    assert (native.PIXEL_WEIGHT_GRAD in hlo) == (augment == "none" and native.available())
+    plain = jax.jit(train_step_fn(model, tx, cfg))  # outside the runtime: standardize + nn.Dense, XLA's gradient
+    want_state, want_sums = plain(state, batch)
+    got_state, got_sums = fast(state, batch)
+    for got, want in zip(jax.tree.leaves((got_state.params, got_sums)), jax.tree.leaves((want_state.params,
+                                                                                           want_sums)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
 
 
 _FALLBACK = """

@@ -68,6 +68,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import os
 import sys
@@ -335,11 +336,17 @@ def _pixel_dense(module, next_fun, pixels, *args, **kwargs):
     plain = (module.dot_general is None and module.dot_general_cls is None and module.precision is None
              and module.dtype in (None, jnp.float32) and not args and not kwargs)
     affine = native.per_position_affine(module.standardize, pixels.shape) if plain else None
-    if affine is None or not native.takes(pixels, params["kernel"]):
-        return next_fun(pixels, *args, **kwargs)
     bias = params["bias"] if module.use_bias else jnp.zeros(params["kernel"].shape[1], jnp.float32)
-    if bias.dtype != jnp.float32:
-        return next_fun(pixels, *args, **kwargs)
+    if affine is None or not native.takes(pixels, params["kernel"]) or bias.dtype != jnp.float32:
+        if args or kwargs:
+            return next_fun(pixels, *args, **kwargs)
+        # standardize, then the very same layer as a plain nn.Dense, which this interceptor then takes (the narrow
+        # path's gradient: a train step that reads pixels loses nothing where the kernel does not run)
+        from ..models.layers import flatten
+
+        fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(nn.Dense)
+                  if f.init and f.name not in ("parent", "name")}
+        return nn.Dense(**fields, parent=None).apply({"params": params}, flatten(module.standardize(pixels)))
     return native.pixel_dense(pixels, params["kernel"], bias, *affine)
 
 

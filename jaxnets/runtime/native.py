@@ -40,7 +40,7 @@ ENV = "JAXNETS_CPU_KERNELS"  # "xla" leaves every layer to XLA's operations
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = (KERNELS / "pixel_dense.cc", KERNELS / "small_conv.cc")
 HEADERS = (KERNELS / "parallel.h",)
-TARGET = "jaxnets_pixel_dense"
+TARGET, PIXEL_WEIGHT_GRAD = "jaxnets_pixel_dense", "jaxnets_pixel_dense_weight_grad"
 CONV_FORWARD, CONV_WEIGHT_GRAD = "jaxnets_conv_forward", "jaxnets_conv_weight_grad"
 CONV_INPUT_GRAD = "jaxnets_conv_input_grad"
 CONV_OUTPUTS = 16  # at most this many output channels: one AVX-512 register
@@ -109,7 +109,7 @@ def available() -> bool:
         if not path.exists():
             build(path)
         library = ctypes.CDLL(str(path))
-        for target in (TARGET, CONV_FORWARD, CONV_WEIGHT_GRAD, CONV_INPUT_GRAD):
+        for target in (TARGET, PIXEL_WEIGHT_GRAD, CONV_FORWARD, CONV_WEIGHT_GRAD, CONV_INPUT_GRAD):
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
     except Exception as e:  # whatever goes wrong here, XLA's operations compute the layers
         log.warning("jaxnets' kernels are not available (%s); XLA's operations compute those layers", e)
@@ -145,7 +145,7 @@ def per_position_affine(standardize: Callable, pixels_shape: tuple[int, ...]) ->
 def pixel_dense(pixels: jax.Array, kernel: jax.Array, bias: jax.Array, scale: np.ndarray,
                 shift: np.ndarray) -> jax.Array:
     """(pixels flattened · scale + shift) @ kernel + bias, by the kernel (call only where `takes` is True).
-    Gradients for kernel and bias (the pixels are integers) come from XLA's operations."""
+    The kernel's gradient reads the same bytes (a second kernel), the bias's is Σ g; the pixels have none."""
     return _pixel_dense(pixels.reshape(pixels.shape[0], -1), kernel, bias, jnp.asarray(scale), jnp.asarray(shift))
 
 
@@ -165,9 +165,11 @@ def _pixel_dense_fwd(rows, kernel, bias, scale, shift):
 
 def _pixel_dense_bwd(residuals, g):
     rows, scale, shift = residuals
-    x = rows.astype(jnp.float32) * scale + shift
-    return (np.zeros(rows.shape, jax.dtypes.float0), x.T @ g, g.sum(0), jnp.zeros_like(scale),
-            jnp.zeros_like(shift))
+    g = g.astype(jnp.float32)
+    d_kernel = jax.ffi.ffi_call(PIXEL_WEIGHT_GRAD, jax.ShapeDtypeStruct((rows.shape[1], g.shape[1]), jnp.float32))(
+        rows, g, scale, shift)
+    # None: the constants' cotangents are symbolic zeros (materialised, they cost two [K] broadcasts a step)
+    return np.zeros(rows.shape, jax.dtypes.float0), d_kernel, g.sum(0), None, None
 
 
 _pixel_dense.defvjp(_pixel_dense_fwd, _pixel_dense_bwd)

@@ -4,6 +4,7 @@ Evaluation is inference's step over the state's variables (inference/scoring.py)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from .. import runtime
 from ..data.augment import AugmentSpec, augment_batch
 from ..data.erase import random_erase
 from ..data.mix import MixSpec, mix_batch, soft_targets
-from ..data.preprocess import PreprocessSpec, normalize, to_unit
+from ..data.preprocess import PreprocessSpec, normalize, standardize, to_unit
 from ..inference.metrics import loss_and_predictions, soft_loss_and_predictions, summed
 from ..inference.scoring import make_eval_step as inference_eval_step
 from .state import TrainState
@@ -60,6 +61,15 @@ def step_inputs(key: jax.Array, batch, cfg: StepConfig):
     return x, targets, dropout_key
 
 
+def reads_pixels(model, cfg: StepConfig) -> bool:
+    """Whether the train step hands `model` the batch's uint8 pixels and the spec's `standardize` instead of the
+    normalised images: a model that `takes_pixels` (the MLPs, whose first layer then reads the bytes through
+    jaxnets' kernel, forward and weight gradient) and a step that changes nothing between the pixels and the
+    model (no augmentation, MixUp/CutMix or erasing). The same function either way, to float rounding."""
+    return (getattr(model, "takes_pixels", False) and cfg.augment.is_identity and cfg.mix.is_identity
+            and cfg.erase <= 0)
+
+
 def make_train_step(model, tx, cfg: StepConfig) -> Callable:
     """train_step(state, batch) → (state, metric sums), jitted. The state is donated: updated in place."""
     runtime.training_process()
@@ -70,9 +80,12 @@ def train_step_fn(model, tx, cfg: StepConfig) -> Callable:
     """The training step as a pure function of (state, batch) → (state, metric sums): what `make_train_step`
     jits."""
     soft = not cfg.mix.is_identity or cfg.class_weights is not None
+    pixels = {"standardize": functools.partial(standardize, spec=cfg.spec)} if reads_pixels(model, cfg) else None
 
     def train_step(state: TrainState, batch):
         x, targets, dropout_key = step_inputs(jax.random.fold_in(state.rng, state.step), batch, cfg)
+        if pixels is not None:  # the normalised x above is then dead code, which XLA drops
+            x = batch["image"]
         mask = batch["mask"]
         count = jnp.maximum(jnp.sum(mask), 1)
         has_bn = bool(state.batch_stats)
@@ -81,7 +94,7 @@ def train_step_fn(model, tx, cfg: StepConfig) -> Callable:
         def loss_fn(params):
             variables = {"params": params, **({"batch_stats": state.batch_stats} if has_bn else {})}
             out = model.apply(variables, x, train=True, rngs={"dropout": dropout_key},
-                              mutable=["batch_stats"] if has_bn else False)
+                              mutable=["batch_stats"] if has_bn else False, **(pixels or {}))
             logits, updates = out if has_bn else (out, {})
             if soft:
                 loss, preds = soft_loss_and_predictions(logits, targets, cfg.binary, cfg.label_smoothing)
