@@ -3,6 +3,7 @@ stride-1 convolutions (forward and weight gradient, at most 16 outputs: LeNet-5)
 they can be, compute what standardize + the product / lax's convolution computes, and give way to XLA's operations
 wherever they cannot run (no compiler, switched off, exported, shapes or dtypes they do not take)."""
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -241,8 +242,13 @@ def test_a_train_step_reads_the_pixels_through_the_kernels_and_learns_the_same(n
     fast = make_train_step(model, tx, cfg)
     hlo = fast.lower(state, batch).compile().as_text()
     assert (native.PIXEL_WEIGHT_GRAD in hlo) == (augment == "none" and native.available())
-    plain = jax.jit(train_step_fn(model, tx, cfg))  # outside the runtime: standardize + nn.Dense, XLA's gradient
-    want_state, want_sums = plain(state, batch)
+    # the reference: the same network as a model that does not take pixels, so the step feeds it the normalised
+    # images as before (normalize(to_unit(...)) + nn.Dense, XLA's gradient, outside the runtime)
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.init
+              and f.name not in ("parent", "name")}
+    images_model = type("ImagesOnly", (type(model),), {"takes_pixels": False})(**fields)
+    assert not reads_pixels(images_model, cfg)
+    want_state, want_sums = jax.jit(train_step_fn(images_model, tx, cfg))(state, batch)
     got_state, got_sums = fast(state, batch)
     for got, want in zip(jax.tree.leaves((got_state.params, got_sums)), jax.tree.leaves((want_state.params,
                                                                                            want_sums)), strict=True):

@@ -355,8 +355,9 @@ def with_cpu_kernels(fun: Callable) -> Callable:
     few-channel and wide paths of the module docstring) and its bias through `bias_add`, every plain `nn.Dense`
     through `dot_general` (the narrow path) and jaxnets' BatchNorm's reductions through
     `batch_moments`/`scale_shift`. Their gradients are
-    custom VJPs: reverse mode (and reverse over reverse) works, forward mode (`jax.jvp`) through them does not
-    (a BatchNorm in training mode included) — nothing in jaxnets uses it."""
+    custom VJPs: reverse mode works, forward mode (`jax.jvp`) through them does not (a BatchNorm in training mode
+    included), and where jaxnets' kernels run (native.py: LeNet-5-sized convolutions, a pixel first layer) neither
+    does reverse over reverse, as an FFI call has no derivative of its own — nothing in jaxnets uses either."""
 
     @functools.wraps(fun)
     def traced(*args, **kwargs):

@@ -140,7 +140,8 @@ void input_grad_block(const Shape& s, const float* gp, const float* wf, float* d
   for (int b = 0; b < B; ++b)
 #pragma GCC unroll 16
     for (int k = 0; k < CC; ++k) acc[b][k] = _mm512_setzero_ps();
-  // rows of gp that are all padding add nothing: only the kernel rows that meet the gradient's OH rows
+  // rows of gp that are all padding add nothing: only the kernel rows that meet the gradient's OH rows (so a
+  // non-finite weight in a skipped row does not reach a border row of dx, where lax would give 0 * inf = NaN)
   const int64_t ky0 = std::max<int64_t>(0, kh - 1 - iy), ky1 = std::min(kh, kh - 1 + s.oh - iy);
   for (int64_t ky = ky0; ky < ky1; ++ky) {
     for (int64_t kx = 0; kx < kw; ++kx) {
@@ -211,7 +212,8 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   constexpr int64_t kRows = 2;
   const int64_t rows = s.n * s.oh;
   jaxnets::parallel_tasks(pool, (rows + kRows - 1) / kRows, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
-    for (int64_t r = t * kRows; r < std::min(rows, (t + 1) * kRows); ++r) forward_row(s, xd, wd, yd, r / s.oh, r % s.oh);
+    for (int64_t r = t * kRows; r < std::min(rows, (t + 1) * kRows); ++r)
+      forward_row(s, xd, wd, yd, r / s.oh, r % s.oh);
   });
   return ffi::Error::Success();
 }
@@ -260,7 +262,8 @@ ffi::Error ConvInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gp, ffi::Bu
   constexpr int64_t kRows = 2;
   const int64_t rows = s.n * s.h;
   jaxnets::parallel_tasks(pool, (rows + kRows - 1) / kRows, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
-    for (int64_t r = t * kRows; r < std::min(rows, (t + 1) * kRows); ++r) input_grad_row(s, gd, wd, xd, r / s.h, r % s.h);
+    for (int64_t r = t * kRows; r < std::min(rows, (t + 1) * kRows); ++r)
+      input_grad_row(s, gd, wd, xd, r / s.h, r % s.h);
   });
   return ffi::Error::Success();
 }
