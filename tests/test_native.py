@@ -194,6 +194,76 @@ def test_the_conv_kernels_propagate_non_finite_values():
     assert np.isnan(np.asarray(d_w)[..., 0, :]).all() and np.isfinite(np.asarray(d_w)[..., 1:, :]).all()
 
 
+def _conv(x, w, strides, padding):
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "strides", "padding"), [
+    ((4, 32, 32, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3))),   # ResNet's stem
+    ((3, 12, 12, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1))),  # its first stage (runs of 192: 32 blocks)
+    ((2, 9, 9, 64), (3, 3, 64, 128), (2, 2), ((1, 1), (1, 1))),   # a stride-2 downsampling layer: two tiles of 64
+    ((2, 9, 9, 64), (1, 1, 64, 128), (2, 2), ((0, 0), (0, 0))),   # its 1x1 shortcut
+    ((5, 10, 7, 5), (3, 4, 5, 48), (2, 1), ((0, 2), (1, 2))),     # uneven: 3 registers, uneven and high padding
+    ((1, 6, 6, 2), (5, 5, 2, 80), (1, 1), ((4, 4), (4, 4))),      # padding wider than the image: all edge columns
+    ((3, 5, 5, 1), (2, 2, 1, 16), (3, 3), ((0, 0), (0, 0))),      # a stride wider than the kernel
+    ((9, 4, 4, 7), (4, 4, 7, 32), (1, 1), ((0, 0), (0, 0))),      # kernel = image; nine images, five slices
+])
+def test_the_wide_weight_gradient_is_lax_weight_gradient(x_shape, w_shape, strides, padding):
+    rng = np.random.default_rng(sum(x_shape) + sum(w_shape))
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+    assert native.takes_wide_weight_grad(x, w) == native.available()
+    if not native.available():
+        pytest.skip("no kernel on this machine (no AVX-512 or no compiler): the fallback tests cover it")
+    y, pullback = jax.vjp(lambda w: _conv(x, w, strides, padding), w)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    got = jax.jit(native.wide_conv_weight_grad, static_argnums=(2, 3, 4))(x, g, w.shape, strides, padding)
+    want = pullback(g)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_the_wide_weight_gradient_propagates_non_finite_values_and_refuses_other_layers():
+    x = jnp.ones((2, 8, 8, 3), jnp.float32).at[1, 2, 3, 0].set(jnp.inf)
+    w = jnp.ones((3, 3, 3, 16), jnp.float32)
+    if not native.takes_wide_weight_grad(x, w):
+        pytest.skip("no kernel on this machine")
+    g = jnp.ones((2, 8, 8, 16), jnp.float32).at[0, 0, 0, 5].set(jnp.nan)
+    d_w = np.asarray(jax.jit(native.wide_conv_weight_grad, static_argnums=(2, 3, 4))(x, g, w.shape, (1, 1),
+                                                                                      ((1, 1), (1, 1))))
+    assert np.isinf(d_w[..., 0, :4]).all() and np.isnan(d_w[1:, 1:, :, 5]).all()  # x[0,0,0] meets g[0,0,0]: w[1,1]
+    assert np.isfinite(d_w[:, :, 1:, :5]).all() and np.isfinite(d_w[:, :, 1:, 6:]).all()
+    for other in (w[..., :15], w.astype(jnp.bfloat16), jnp.ones((3, 3, 3, 144), jnp.float32)):
+        assert not native.takes_wide_weight_grad(x, other)  # not 16·k outputs, not float32, over 128 outputs
+    assert not native.takes_wide_weight_grad(jnp.ones((2, 8, 8, 256)), jnp.ones((3, 3, 256, 64)))
+
+
+def _resnet_step(dtype=jnp.float32):
+    model = create_model("resnet18", 10, dtype=dtype)
+    # 4 images of 64 px: the last stage's BatchNorm sees 16 values a channel (at 2 of 32 px it sees 2, and the
+    # gradients of any two summation orders differ by 20 %)
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(4, 64, 64, 3)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.tanh(logits.astype(jnp.float32)) ** 2)
+
+    return jax.value_and_grad(loss), variables["params"]
+
+
+def test_resnet_trains_through_the_wide_weight_gradient_with_lax_gradients():
+    step, params = _resnet_step()
+    fast = runtime.jit(step)
+    hlo = fast.lower(params).compile().as_text()
+    # the stem, the four 3x3 layers of each of the first two stages, the second stage's 1x1 shortcut: ten
+    assert hlo.count(f'custom_call_target="{native.WIDE_CONV_WEIGHT_GRAD}"') == (10 if native.available() else 0)
+    for got, want in zip(jax.tree.leaves(fast(params)), jax.tree.leaves(jax.jit(step)(params)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+    bf16_step, bf16_params = _resnet_step(jnp.bfloat16)
+    assert native.WIDE_CONV_WEIGHT_GRAD not in runtime.jit(bf16_step).lower(bf16_params).compile().as_text()
+
+
 def _lenet_step(dtype=jnp.float32):
     model = create_model("lenet5", 10, dtype=dtype)
     x = jnp.asarray(np.random.default_rng(5).normal(size=(8, 32, 32, 1)), jnp.float32)
@@ -277,7 +347,8 @@ fast_step = runtime.jit(step)
 same = same and all(np.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(
     jax.tree.leaves(fast_step(lenet_vars)), jax.tree.leaves(jax.jit(step)(lenet_vars))))
 hlo = fast.lower(variables, pixels).compile().as_text() + fast_step.lower(lenet_vars).compile().as_text()
-used = any(t in hlo for t in (native.TARGET, native.CONV_FORWARD, native.CONV_WEIGHT_GRAD, native.CONV_INPUT_GRAD))
+used = any(t in hlo for t in (native.TARGET, native.CONV_FORWARD, native.CONV_WEIGHT_GRAD, native.CONV_INPUT_GRAD,
+                             native.WIDE_CONV_WEIGHT_GRAD))
 print(json.dumps({"available": native.available(), "used": used, "same": bool(same)}))
 """
 

@@ -1,0 +1,173 @@
+// The weight gradient of a convolution with 16·k output channels (any stride and padding), NHWC, float32:
+// ResNet's stem (7x7/2, 3 -> 64) and its 64-channel 3x3 layers.
+//
+// Why (runtime/cpu.py, item 10): XLA:CPU computes these as a convolution over an output-sized "window" after
+// transposing the input channel-major and the gradient position-major, at 60-100 GFLOP/s (40 ms for ResNet-18's
+// stem at batch 32, 128 px, 25 ms for each 64-channel layer of the first stage).
+//
+// dw[ky, kx, c, o] = sum_{n, oy, ox} x[n, oy*S + ky - P, ox*S + kx - Q, c] * g[n, oy, ox, o]  (x = 0 outside)
+//
+// For one kernel row ky the inputs (kx, c) of an output position are one contiguous run of KW*C floats of an
+// input row, starting at column ox*S - Q: dw's rows (ky, j = kx*C + c) are taken R at a time, each against
+// up to four 16-float registers of outputs (R x OT accumulators), over a tile of output rows; for each position
+// OT loads of g, R broadcasts of x. Columns whose run leaves the image (the padding) take zeros there. The batch
+// is cut into slices, each sums into its own partial dw, the partials are added last.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Geometry {
+  int64_t n, h, w, c, kh, kw, o, oh, ow, sy, sx, py, px;
+  int64_t run() const { return kw * c; }  // one kernel row's inputs (kx, c): contiguous in x and in dw
+  int64_t rows() const { return kh * run(); }
+  int64_t macs() const { return n * oh * ow * kh * kw * c * o; }
+};
+
+constexpr int kMaxRows = 6;     // rows of dw per block
+constexpr int kMaxTiles = 4;    // 16-float registers of outputs per block (registers: 6 x 4 + 4 + 1)
+constexpr int64_t kPositions = 256;  // output positions per tile, at least (64-512 measured: within 5 %)
+
+// rows [j0, j0 + R) of kernel row ky, outputs [o0, o0 + 16*OT), over the output rows [r0, r1) of the batch
+// (row r: image r / OH, row r % OH)
+template <int R, int OT>
+void block(const Geometry& s, const float* x, const float* g, float* partial, int64_t r0, int64_t r1, int64_t ky,
+           int64_t j0, int64_t o0) {
+  const int64_t c = s.c, o = s.o, ow = s.ow, sx = s.sx, span = s.w * c, step = sx * c;
+  float* out = partial + (ky * s.run() + j0) * o + o0;
+  __m512 acc[R][OT];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int t = 0; t < OT; ++t) acc[r][t] = _mm512_loadu_ps(out + r * o + t * 16);
+  }
+  // columns whose run [ox*S*C - Q*C + j0, + R) lies inside the row: [lo, hi)
+  const int64_t first = j0 - s.px * c;  // the run's offset in the row at ox = 0
+  int64_t lo = first >= 0 ? 0 : (-first + step - 1) / step;
+  int64_t hi = span - R - first >= 0 ? (span - R - first) / step + 1 : 0;
+  lo = std::min(lo, ow), hi = std::max(lo, std::min(hi, ow));
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t n = row / s.oh, oy = row % s.oh, iy = oy * s.sy + ky - s.py;
+    if (iy < 0 || iy >= s.h) continue;  // a padding row: zeros
+    const float* xr = x + (n * s.h + iy) * span + first;
+    const float* gr = g + (n * s.oh + oy) * ow * o + o0;
+    auto edge = [&](int64_t ox) {  // a column whose run leaves the row: zeros there
+      __m512 gv[OT];
+#pragma GCC unroll 4
+      for (int t = 0; t < OT; ++t) gv[t] = _mm512_loadu_ps(gr + ox * o + t * 16);
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        const int64_t at = ox * step + first + r;
+        const __m512 xv = _mm512_set1_ps(at >= 0 && at < span ? xr[ox * step + r] : 0.0f);
+#pragma GCC unroll 4
+        for (int t = 0; t < OT; ++t) acc[r][t] = _mm512_fmadd_ps(xv, gv[t], acc[r][t]);
+      }
+    };
+    for (int64_t ox = 0; ox < lo; ++ox) edge(ox);
+    const float* xp = xr + lo * step;
+    const float* gp = gr + lo * o;
+    for (int64_t ox = lo; ox < hi; ++ox, xp += step, gp += o) {
+      __m512 gv[OT];
+#pragma GCC unroll 4
+      for (int t = 0; t < OT; ++t) gv[t] = _mm512_loadu_ps(gp + t * 16);
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        const __m512 xv = _mm512_set1_ps(xp[r]);
+#pragma GCC unroll 4
+        for (int t = 0; t < OT; ++t) acc[r][t] = _mm512_fmadd_ps(xv, gv[t], acc[r][t]);
+      }
+    }
+    for (int64_t ox = hi; ox < ow; ++ox) edge(ox);
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int t = 0; t < OT; ++t) _mm512_storeu_ps(out + r * o + t * 16, acc[r][t]);
+  }
+}
+
+using Block = void (*)(const Geometry&, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                       int64_t);
+template <int OT, int... R>
+constexpr std::array<Block, sizeof...(R)> blocks_of(std::integer_sequence<int, R...>) {
+  return {block<R + 1, OT>...};
+}
+template <int... T>
+constexpr std::array<std::array<Block, kMaxRows>, sizeof...(T)> block_table(std::integer_sequence<int, T...>) {
+  return {blocks_of<T + 1>(std::make_integer_sequence<int, kMaxRows>{})...};
+}
+constexpr auto kBlocks = block_table(std::make_integer_sequence<int, kMaxTiles>{});
+
+// every row of dw for batch entries [n0, n1), added into `partial` [KH * KW * C, O]
+void weight_grad_slice(const Geometry& s, const float* x, const float* g, float* partial, int64_t n0, int64_t n1) {
+  const int64_t run = s.run(), passes = (run + kMaxRows - 1) / kMaxRows;
+  const int64_t tile = std::max<int64_t>(1, (kPositions + s.ow - 1) / s.ow);  // output rows per tile
+  for (int64_t r0 = n0 * s.oh; r0 < n1 * s.oh; r0 += tile) {
+    const int64_t r1 = std::min(n1 * s.oh, r0 + tile);
+    for (int64_t ky = 0; ky < s.kh; ++ky) {
+      for (int64_t o0 = 0; o0 < s.o; o0 += 16 * kMaxTiles) {
+        const int64_t tiles = std::min<int64_t>(kMaxTiles, (s.o - o0) / 16);
+        for (int64_t i = 0, j = 0; i < passes; ++i) {
+          const int64_t size = (run - j) / (passes - i);
+          kBlocks[tiles - 1][size - 1](s, x, g, partial, r0, r1, ky, j, o0);
+          j += size;
+        }
+      }
+    }
+  }
+}
+
+ffi::Error WideConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                              ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                              int64_t pad_left) {
+  const auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4)
+    return ffi::Error::InvalidArgument("wide_conv: x, g and dw must be 4-d (NHWC, NHWC, HWIO)");
+  const Geometry s{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], gd[1], gd[2],
+                   stride_h, stride_w, pad_top, pad_left};
+  if (wd[2] != s.c || gd[0] != s.n || gd[3] != s.o || s.o < 16 || s.o % 16 != 0 || s.sy < 1 || s.sx < 1 ||
+      s.py < 0 || s.px < 0 || s.kh < 1 || s.kw < 1 || s.oh < 1 || s.ow < 1 || s.c < 1)
+    return ffi::Error::InvalidArgument("wide_conv: shapes are not a convolution's input, gradient and kernel "
+                                       "with a multiple of 16 outputs");
+  const int64_t size = s.rows() * s.o;
+  float* out = dw->typed_data();
+  std::fill(out, out + size, 0.0f);
+  if (s.n == 0) return ffi::Error::Success();
+  const int64_t slices = std::min<int64_t>(s.n, 8), per = (s.n + slices - 1) / slices;
+  const int64_t tasks = (s.n + per - 1) / per;
+  std::vector<float> partial(static_cast<size_t>(tasks * size), 0.0f);
+  const float *xp = x.typed_data(), *gp = g.typed_data();
+  float* pp = partial.data();
+  jaxnets::parallel_tasks(pool, tasks, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
+    weight_grad_slice(s, xp, gp, pp + t * size, t * per, std::min(s.n, (t + 1) * per));
+  });
+  for (int64_t t = 0; t < tasks; ++t) {
+    const float* p = pp + t * size;
+    for (int64_t i = 0; i < size; ++i) out[i] += p[i];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxnets_wide_conv_weight_grad, WideConvWeightGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
