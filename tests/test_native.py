@@ -208,34 +208,53 @@ def _conv(x, w, strides, padding):
     ((1, 6, 6, 2), (5, 5, 2, 80), (1, 1), ((4, 4), (4, 4))),      # padding wider than the image: all edge columns
     ((3, 5, 5, 1), (2, 2, 1, 16), (3, 3), ((0, 0), (0, 0))),      # a stride wider than the kernel
     ((9, 4, 4, 7), (4, 4, 7, 32), (1, 1), ((0, 0), (0, 0))),      # kernel = image; nine images, five slices
+    ((2, 6, 7, 32), (5, 3, 32, 16), (1, 1), ((2, 1), (0, 2))),    # uneven padding, 32 channels: the input gradient
+    ((2, 9, 9, 16), (3, 3, 16, 64), (1, 1), ((0, 0), (0, 0))),    # VALID: the input gradient pads by k - 1
 ])
-def test_the_wide_weight_gradient_is_lax_weight_gradient(x_shape, w_shape, strides, padding):
+def test_the_wide_kernels_compute_lax_convolution_and_its_gradients(x_shape, w_shape, strides, padding):
     rng = np.random.default_rng(sum(x_shape) + sum(w_shape))
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
-    assert native.takes_wide_weight_grad(x, w) == native.available()
+    assert native.takes_wide_conv(x, w, strides, padding) == native.available()
+    assert native.takes_wide_weight_grad(x, w, strides, padding) == native.available()
     if not native.available():
         pytest.skip("no kernel on this machine (no AVX-512 or no compiler): the fallback tests cover it")
-    y, pullback = jax.vjp(lambda w: _conv(x, w, strides, padding), w)
-    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-    got = jax.jit(native.wide_conv_weight_grad, static_argnums=(2, 3, 4))(x, g, w.shape, strides, padding)
-    want = pullback(g)[0]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    want, pullback = jax.vjp(lambda x, w: _conv(x, w, strides, padding), x, w)
+    got = jax.jit(native.wide_conv_forward, static_argnums=(2, 3))(x, w, strides, padding)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    g = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    want_d_x, want_d_w = pullback(g)
+    d_w = jax.jit(native.wide_conv_weight_grad, static_argnums=(2, 3, 4))(x, g, w.shape, strides, padding)
+    np.testing.assert_allclose(d_w, want_d_w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want_d_w))))
+    if native.takes_wide_input_grad(x, w, strides, padding):
+        d_x = jax.jit(native.wide_conv_input_grad, static_argnums=2)(g, w, padding)
+        assert d_x.shape == x.shape
+        np.testing.assert_allclose(d_x, want_d_x, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want_d_x))))
 
 
-def test_the_wide_weight_gradient_propagates_non_finite_values_and_refuses_other_layers():
-    x = jnp.ones((2, 8, 8, 3), jnp.float32).at[1, 2, 3, 0].set(jnp.inf)
-    w = jnp.ones((3, 3, 3, 16), jnp.float32)
-    if not native.takes_wide_weight_grad(x, w):
+def test_the_wide_kernels_propagate_non_finite_values_and_refuse_other_layers():
+    x = jnp.ones((2, 8, 8, 16), jnp.float32).at[1, 2, 3, 0].set(jnp.inf)
+    w = jnp.ones((3, 3, 16, 16), jnp.float32)
+    same = ((1, 1), ((1, 1), (1, 1)))
+    if not native.takes_wide_conv(x, w, *same):
         pytest.skip("no kernel on this machine")
+    y = np.asarray(jax.jit(native.wide_conv_forward, static_argnums=(2, 3))(x, w, *same))
+    assert np.isinf(y[1, 1:4, 2:5]).all() and np.isfinite(y[0]).all() and np.isfinite(y[1, 4:]).all()
     g = jnp.ones((2, 8, 8, 16), jnp.float32).at[0, 0, 0, 5].set(jnp.nan)
-    d_w = np.asarray(jax.jit(native.wide_conv_weight_grad, static_argnums=(2, 3, 4))(x, g, w.shape, (1, 1),
-                                                                                      ((1, 1), (1, 1))))
-    assert np.isinf(d_w[..., 0, :4]).all() and np.isnan(d_w[1:, 1:, :, 5]).all()  # x[0,0,0] meets g[0,0,0]: w[1,1]
+    d_w = np.asarray(jax.jit(native.wide_conv_weight_grad, static_argnums=(2, 3, 4))(x, g, w.shape, *same))
+    assert np.isinf(d_w[..., 0, :5]).all() and np.isnan(d_w[1:, 1:, :, 5]).all()  # x[0,0,0] meets g[0,0,0]: w[1,1]
     assert np.isfinite(d_w[:, :, 1:, :5]).all() and np.isfinite(d_w[:, :, 1:, 6:]).all()
-    for other in (w[..., :15], w.astype(jnp.bfloat16), jnp.ones((3, 3, 3, 144), jnp.float32)):
-        assert not native.takes_wide_weight_grad(x, other)  # not 16·k outputs, not float32, over 128 outputs
-    assert not native.takes_wide_weight_grad(jnp.ones((2, 8, 8, 256)), jnp.ones((3, 3, 256, 64)))
+    d_x = np.asarray(jax.jit(native.wide_conv_input_grad, static_argnums=2)(g, w, same[1]))
+    assert np.isnan(d_x[0, :2, :2]).all() and np.isfinite(d_x[0, 2:]).all() and np.isfinite(d_x[1]).all()
+    for other in (w[..., :15], w.astype(jnp.bfloat16)):  # not 16·k outputs, not float32
+        assert not native.takes_wide_conv(x, other, *same)
+    assert not native.takes_wide_conv(x, w, (1, 1), ((-1, 0), (0, 0)))  # a crop
+    assert not native.takes_wide_conv(jnp.ones((2, 2, 2, 16)), w, (1, 1), ((0, 0), (0, 0)))  # no output
+    assert not native.takes_wide_weight_grad(x, jnp.ones((3, 3, 16, 144)), *same)  # over 128 outputs
+    assert not native.takes_wide_weight_grad(jnp.ones((2, 8, 8, 256)), jnp.ones((3, 3, 256, 64)), *same)
+    assert not native.takes_wide_input_grad(x, w, (2, 2), same[1])  # strided
+    assert not native.takes_wide_input_grad(x, jnp.ones((3, 3, 16, 16)), (1, 1), ((3, 3), (3, 3)))  # pad > k - 1
 
 
 def _resnet_step(dtype=jnp.float32):
@@ -252,16 +271,21 @@ def _resnet_step(dtype=jnp.float32):
     return jax.value_and_grad(loss), variables["params"]
 
 
-def test_resnet_trains_through_the_wide_weight_gradient_with_lax_gradients():
+def test_resnet_trains_through_the_wide_kernels_with_lax_gradients():
     step, params = _resnet_step()
     fast = runtime.jit(step)
     hlo = fast.lower(params).compile().as_text()
-    # the stem, the four 3x3 layers of each of the first two stages, the second stage's 1x1 shortcut: ten
-    assert hlo.count(f'custom_call_target="{native.WIDE_CONV_WEIGHT_GRAD}"') == (10 if native.available() else 0)
+    calls = {target: hlo.count(f'custom_call_target="{target}"')
+             for target in (native.WIDE_CONV_FORWARD, native.WIDE_CONV_WEIGHT_GRAD)}
+    # every one of the 20 convolutions forward, and the input gradients of the 13 stride-1 3x3 layers; the weight
+    # gradients of the stem, of the four 3x3 layers of each of the first two stages, of the second's 1x1 shortcut
+    assert calls == ({native.WIDE_CONV_FORWARD: 33, native.WIDE_CONV_WEIGHT_GRAD: 10} if native.available() else
+                     {native.WIDE_CONV_FORWARD: 0, native.WIDE_CONV_WEIGHT_GRAD: 0})
     for got, want in zip(jax.tree.leaves(fast(params)), jax.tree.leaves(jax.jit(step)(params)), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want))))
     bf16_step, bf16_params = _resnet_step(jnp.bfloat16)
-    assert native.WIDE_CONV_WEIGHT_GRAD not in runtime.jit(bf16_step).lower(bf16_params).compile().as_text()
+    bf16_hlo = runtime.jit(bf16_step).lower(bf16_params).compile().as_text()
+    assert native.WIDE_CONV_WEIGHT_GRAD not in bf16_hlo and native.WIDE_CONV_FORWARD not in bf16_hlo
 
 
 def _lenet_step(dtype=jnp.float32):

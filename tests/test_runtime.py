@@ -120,7 +120,7 @@ def test_a_wide_convolution_has_lax_values_and_gradients_from_its_stored_input(s
     fast = jax.jit(cpu.with_cpu_kernels(jax.value_and_grad(loss, argnums=(0, 1))))(variables, x)
     slow = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables, x)
     gradient = jax.make_jaxpr(cpu.with_cpu_kernels(jax.grad(loss)))(variables, x)
-    assert "custom_vjp" in str(gradient) and "cond[" in str(gradient)  # the weight gradient reads the stored input
+    assert "cond[" in str(gradient)  # the custom VJP's weight gradient reads the stored input (`_materialized`)
     for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 

@@ -68,14 +68,17 @@
    weight gradient 0.52 → 0.16 ms, its input gradient (item 2's matmul + col2im) 0.62 → 0.48 ms, the first
    layer's weight gradient 1.29 → 0.21 ms (batch 64, Zen 4). float32 only; bfloat16, or no kernel, is lax's
    (and item 2's) as before.
-10. Weight gradients of the first stages (ResNet's 7×7/2 stem, its 64- and 128-channel layers). XLA:CPU computes
-   a convolution's kernel gradient as another convolution, over an output-sized "window", after transposing the
-   input channel-major and the gradient position-major: 34 ms (72 GFLOP/s) for ResNet-18's stem at batch 32,
-   128 px, 19 ms for each 3×3 64→64 layer, 4.4 ms for a 1×1/2 shortcut. jaxnets' kernel
-   (`native.wide_conv_weight_grad`, `kernels/wide_conv.cc`) reads the NHWC input and gradient as they lie,
-   rows of dw against 16-output registers: 12 ms, 12 ms, 0.9 ms (~200 GFLOP/s, Zen 4), the step 713 → 664 ms.
-   Layers of 16·k outputs with at most 128 input and output channels, float32 (at 256 channels XLA's own is
-   faster: 12.5 against 15.5 ms); the stem, below item 3's 64 channels, takes item 3's path for it.
+10. Convolutions with 16·k outputs (ResNet, VGG, AlexNet). XLA:CPU computes a convolution's kernel gradient
+   as another convolution, over an output-sized "window", after transposing the input channel-major and the
+   gradient position-major: 34 ms (72 GFLOP/s) for ResNet-18's stem at batch 32, 128 px, 19 ms for each 3×3
+   64→64 layer, 4.4 ms for a 1×1/2 shortcut; it runs the 3-channel stem's forward at ~80 GFLOP/s and the other
+   layers at 170-200. jaxnets' kernels (`native.py`, `kernels/wide_conv.cc`) read NHWC as it lies and keep a
+   block of outputs in 24 AVX-512 registers: the weight gradients 12, 12 and 0.9 ms, the stem's forward 30 →
+   12 ms, every other forward and a stride-1 layer's input gradient (the forward kernel over the gradient, the
+   kernel turned by 180°) 5-30 % faster (~200-230 GFLOP/s, Zen 4; BENCHMARKS.md): ResNet-18's train step
+   770 → 600-630 ms, AlexNet's 395 → 315 ms. float32, no negative padding; the weight gradient only up to 128
+   input and output channels (at 256 XLA's own is faster: 12.5 against 15.5 ms). The stem and VGG's first
+   layer, below item 3's 64 channels, take item 3's path for these.
 """
 
 from __future__ import annotations
@@ -254,32 +257,36 @@ def _materialized(x: jax.Array) -> jax.Array:
     return jax.lax.cond(jnp.isfinite(x.reshape(-1)[0]), lambda v: v, lambda v: v * 1, x)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _stored_input_conv(lhs, rhs, strides, padding):
+def _wide_conv(lhs, rhs, strides, padding):
+    """jaxnets' kernel (item 10) where it runs, else lax's convolution."""
+    if native.takes_wide_conv(lhs, rhs, strides, padding):
+        return native.wide_conv_forward(lhs, rhs, strides, padding).astype(lhs.dtype)
     return jax.lax.conv_general_dilated(lhs, rhs, strides, padding, dimension_numbers=_NHWC)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _stored_input_conv(lhs, rhs, strides, padding):
+    return _wide_conv(lhs, rhs, strides, padding)
+
+
 def _stored_input_fwd(lhs, rhs, strides, padding):
-    return _stored_input_conv(lhs, rhs, strides, padding), (lhs, rhs)
+    return _wide_conv(lhs, rhs, strides, padding), (lhs, rhs)
 
 
 def _stored_input_bwd(strides, padding, residuals, g):
     # lax's own gradient, but of the stored input: the weight gradient's convolution wants it channel-major,
     # and XLA otherwise re-derives it inside that transpose (BatchNorm, ReLU, the residual add, read across the
-    # grain: 22 ms for one [32,32,32,64] activation of ResNet-18, 2 ms from the stored buffer); jaxnets' kernel
-    # computes the weight gradient from NHWC as it lies where it runs (item 10; lax's is then dead code)
+    # grain: 22 ms for one [32,32,32,64] activation of ResNet-18, 2 ms from the stored buffer); jaxnets' kernels
+    # compute either gradient from NHWC as it lies where they run (item 10; lax's is then dead code)
     lhs, rhs = residuals
     conv = functools.partial(jax.lax.conv_general_dilated, window_strides=strides, padding=padding,
                              dimension_numbers=_NHWC)
     d_lhs, d_rhs = jax.vjp(conv, _materialized(lhs), rhs)[1](g)
-    if _kernel_weight_grad(lhs, rhs, padding):
+    if native.takes_wide_input_grad(lhs, rhs, strides, padding):
+        d_lhs = native.wide_conv_input_grad(g, rhs, padding).astype(lhs.dtype)
+    if native.takes_wide_weight_grad(lhs, rhs, strides, padding):
         d_rhs = native.wide_conv_weight_grad(lhs, g, rhs.shape, strides, padding).astype(rhs.dtype)
     return d_lhs, d_rhs
-
-
-def _kernel_weight_grad(lhs: jax.Array, rhs: jax.Array, padding: tuple[tuple[int, int], ...]) -> bool:
-    """Whether jaxnets' kernel computes this convolution's weight gradient (no negative padding: a crop)."""
-    return min(min(p) for p in padding) >= 0 and native.takes_wide_weight_grad(lhs, rhs)
 
 
 _stored_input_conv.defvjp(_stored_input_fwd, _stored_input_bwd)
@@ -338,7 +345,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         pads = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding) \
             if isinstance(padding, str) else padding
         pads = tuple((int(a), int(b)) for a, b in pads)
-        if lhs.shape[-1] >= WIDE_CHANNELS or _kernel_weight_grad(lhs, rhs, pads):
+        if lhs.shape[-1] >= WIDE_CHANNELS or native.takes_wide_conv(lhs, rhs, strides, pads):
             return _stored_input_conv(lhs, rhs, strides, pads)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)

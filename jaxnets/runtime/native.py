@@ -8,9 +8,11 @@ Why kernels of our own: two kinds of small layer that XLA:CPU runs far below the
 - `conv_forward`, `conv_weight_grad`, `conv_input_grad`: stride-1 VALID convolutions with at most 16 output
   channels (LeNet-5), which XLA:CPU runs at 18-60 GFLOP/s; one AVX-512 register holds all the outputs of a
   position, so the kernels are streams of multiply-adds over the NHWC data as it lies (no transposes).
-- `wide_conv_weight_grad`: the kernel's gradient of a convolution with 16·k outputs, any stride and padding,
-  which XLA:CPU computes after transposing both operands at 30-130 GFLOP/s where the layer has at most 128
-  input and 128 output channels (ResNet's stem and first two stages); the kernel reads NHWC as it lies.
+- `wide_conv_forward`, `wide_conv_weight_grad`: a convolution with 16·k outputs, any stride and padding, and the
+  gradient of its kernel. XLA:CPU runs the forward at 75-200 GFLOP/s (a 3-channel stem at 75) and the kernel's
+  gradient, after transposing both operands, at 30-150 where the layer has at most 128 input and output channels
+  (ResNet's stem and first two stages, VGG's first four layers); the kernels reach ~200-230, reading NHWC as it
+  lies. A stride-1 layer's input gradient is the forward kernel over the gradient with the kernel flipped.
 
 The shared library is compiled with the system's C++ compiler (`$CXX`, else `g++`) against the FFI headers that
 jaxlib ships, into `native/` of jaxnets' cache (`$JAXNETS_CACHE`, else `~/.cache/jaxnets`), named by a digest of
@@ -46,6 +48,7 @@ HEADERS = (KERNELS / "parallel.h",)
 TARGET, PIXEL_WEIGHT_GRAD = "jaxnets_pixel_dense", "jaxnets_pixel_dense_weight_grad"
 CONV_FORWARD, CONV_WEIGHT_GRAD = "jaxnets_conv_forward", "jaxnets_conv_weight_grad"
 CONV_INPUT_GRAD, WIDE_CONV_WEIGHT_GRAD = "jaxnets_conv_input_grad", "jaxnets_wide_conv_weight_grad"
+WIDE_CONV_FORWARD = "jaxnets_wide_conv_forward"
 CONV_OUTPUTS = 16  # at most this many output channels: one AVX-512 register
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mfma")
 OUTPUTS = (1, 2, 4, 8, 16)  # the output widths the kernel takes (divisors of one 16-float register)
@@ -113,7 +116,7 @@ def available() -> bool:
             build(path)
         library = ctypes.CDLL(str(path))
         for target in (TARGET, PIXEL_WEIGHT_GRAD, CONV_FORWARD, CONV_WEIGHT_GRAD, CONV_INPUT_GRAD,
-                       WIDE_CONV_WEIGHT_GRAD):
+                       WIDE_CONV_FORWARD, WIDE_CONV_WEIGHT_GRAD):
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
     except Exception as e:  # whatever goes wrong here, XLA's operations compute the layers
         log.warning("jaxnets' kernels are not available (%s); XLA's operations compute those layers", e)
@@ -213,22 +216,65 @@ def conv_input_grad(g: jax.Array, rhs: jax.Array) -> jax.Array:
 
 
 WIDE_CHANNELS = 128  # at most this many input and output channels: beyond, XLA's own weight gradient is as fast
+Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def takes_wide_weight_grad(lhs: jax.Array, rhs: jax.Array) -> bool:
-    """Whether `wide_conv_weight_grad` runs this convolution's kernel gradient: float32 NHWC input and HWIO
-    kernel, 16·k outputs, at most WIDE_CHANNELS input and output channels (where it was measured faster than
-    XLA's: 1.1-5× on ResNet-18's layers; at 256 channels XLA's is faster)."""
-    return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.ndim == 4 and rhs.ndim == 4
-            and lhs.shape[0] > 0 and rhs.shape[2] == lhs.shape[3] <= WIDE_CHANNELS
-            and rhs.shape[3] % 16 == 0 and 16 <= rhs.shape[3] <= WIDE_CHANNELS and available())
+def takes_wide_conv(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], padding: Padding) -> bool:
+    """Whether `wide_conv_forward` runs this convolution: float32 NHWC input and HWIO kernel, 16·k outputs, no
+    negative padding (lax's crop), at least one output position (measured faster than XLA's on every layer of
+    ResNet-18, VGG-16 and AlexNet that has 16·k outputs)."""
+    if not (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.ndim == 4 and rhs.ndim == 4
+            and lhs.shape[0] > 0 and rhs.shape[2] == lhs.shape[3] and rhs.shape[3] % 16 == 0
+            and rhs.shape[3] >= 16 and len(strides) == 2 and min(strides) >= 1):
+        return False
+    sizes = [(lhs.shape[1 + i] + sum(padding[i]) - rhs.shape[i]) // strides[i] + 1 for i in range(2)]
+    return min(min(p) for p in padding) >= 0 and min(sizes) >= 1 and available()
+
+
+def takes_wide_weight_grad(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], padding: Padding) -> bool:
+    """Whether `wide_conv_weight_grad` runs this convolution's kernel gradient: as `takes_wide_conv`, with at
+    most WIDE_CHANNELS input and output channels (where it was measured faster than XLA's: 1.1-5× on ResNet-18's
+    layers; at 256 channels XLA's is faster)."""
+    return (lhs.ndim == 4 and rhs.ndim == 4 and lhs.shape[3] <= WIDE_CHANNELS and rhs.shape[3] <= WIDE_CHANNELS
+            and takes_wide_conv(lhs, rhs, strides, padding))
+
+
+def _geometry(strides: tuple[int, int], padding: Padding) -> dict[str, np.int64]:
+    return {"stride_h": np.int64(strides[0]), "stride_w": np.int64(strides[1]), "pad_top": np.int64(padding[0][0]),
+            "pad_left": np.int64(padding[1][0])}
+
+
+def wide_conv_forward(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """lax's NHWC/HWIO convolution of `lhs` with these strides and (low, high) padding, none negative (where
+    `takes_wide_conv`)."""
+    (n, h, w, _), (kh, kw, _, o) = lhs.shape, rhs.shape
+    oh = (h + sum(padding[0]) - kh) // strides[0] + 1
+    ow = (w + sum(padding[1]) - kw) // strides[1] + 1
+    out = jax.ShapeDtypeStruct((n, oh, ow, o), jnp.float32)
+    return jax.ffi.ffi_call(WIDE_CONV_FORWARD, out)(lhs, rhs, **_geometry(strides, padding))
+
+
+def takes_wide_input_grad(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], padding: Padding) -> bool:
+    """Whether `wide_conv_input_grad` computes this convolution's input gradient: as `takes_wide_conv`, with
+    stride 1, 16·k input channels and no padding wider than the kernel (the transposed convolution's own padding
+    would be negative)."""
+    if not (takes_wide_conv(lhs, rhs, strides, padding) and tuple(strides) == (1, 1) and rhs.shape[2] % 16 == 0):
+        return False
+    return all(p <= k - 1 for pair, k in zip(padding, rhs.shape[:2], strict=True) for p in pair)
+
+
+def wide_conv_input_grad(g: jax.Array, rhs: jax.Array, padding: Padding) -> jax.Array:
+    """The input gradient of a stride-1 convolution (where `takes_wide_input_grad`): the forward kernel over the
+    output gradient, with the kernel turned by 180° and its input and output channels swapped."""
+    kh, kw = rhs.shape[:2]
+    turned = jnp.swapaxes(rhs[::-1, ::-1], 2, 3)
+    pads = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]), (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))
+    return wide_conv_forward(g.astype(jnp.float32), turned, (1, 1), pads)
 
 
 def wide_conv_weight_grad(lhs: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
-                          padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+                          padding: Padding) -> jax.Array:
     """The kernel's gradient of lax's NHWC/HWIO convolution of `lhs` with these strides and (low, high) padding,
     for the output cotangent `g` (where `takes_wide_weight_grad`); the high padding is implied by g's shape."""
     out = jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32)
-    return jax.ffi.ffi_call(WIDE_CONV_WEIGHT_GRAD, out)(
-        lhs, g.astype(jnp.float32), stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
-        pad_top=np.int64(padding[0][0]), pad_left=np.int64(padding[1][0]))
+    return jax.ffi.ffi_call(WIDE_CONV_WEIGHT_GRAD, out)(lhs, g.astype(jnp.float32), **_geometry(strides, padding))

@@ -128,6 +128,107 @@ void weight_grad_slice(const Geometry& s, const float* x, const float* g, float*
   }
 }
 
+// ---- forward: y[n, oy, ox, o] = sum_{ky, kx, c} x[n, oy*S + ky - P, ox*S + kx - Q, c] * w[ky, kx, c, o]
+// B consecutive output positions of a row x OT registers of outputs in B x OT accumulators; for each input
+// (ky, j) of the run: OT loads of w, B broadcasts of x. A block whose runs leave the row takes zeros there.
+
+constexpr int kMaxPositions = 6;  // positions per block (registers: 6 x 4 + 4 + 1)
+
+template <int B, int OT, bool kEdge>
+void forward_block(const Geometry& s, const float* x, const float* w, float* y, int64_t n, int64_t oy,
+                   int64_t ox0, int64_t o0) {
+  const int64_t c = s.c, o = s.o, run = s.run(), span = s.w * c, step = s.sx * c, first = ox0 * step - s.px * c;
+  __m512 acc[B][OT];
+#pragma GCC unroll 6
+  for (int b = 0; b < B; ++b) {
+#pragma GCC unroll 4
+    for (int t = 0; t < OT; ++t) acc[b][t] = _mm512_setzero_ps();
+  }
+  for (int64_t ky = 0; ky < s.kh; ++ky) {
+    const int64_t iy = oy * s.sy + ky - s.py;
+    if (iy < 0 || iy >= s.h) continue;  // a padding row: zeros
+    const float* xr = x + (n * s.h + iy) * span;  // the block's runs start at xr + first + b * step
+    const float* wr = w + ky * run * o + o0;
+    for (int64_t j = 0; j < run; ++j) {
+      __m512 wv[OT];
+#pragma GCC unroll 4
+      for (int t = 0; t < OT; ++t) wv[t] = _mm512_loadu_ps(wr + j * o + t * 16);
+#pragma GCC unroll 6
+      for (int b = 0; b < B; ++b) {
+        const int64_t at = first + b * step + j;
+        const __m512 xv = _mm512_set1_ps(!kEdge || (at >= 0 && at < span) ? xr[at] : 0.0f);
+#pragma GCC unroll 4
+        for (int t = 0; t < OT; ++t) acc[b][t] = _mm512_fmadd_ps(xv, wv[t], acc[b][t]);
+      }
+    }
+  }
+  float* out = y + ((n * s.oh + oy) * s.ow + ox0) * o + o0;
+#pragma GCC unroll 6
+  for (int b = 0; b < B; ++b) {
+#pragma GCC unroll 4
+    for (int t = 0; t < OT; ++t) _mm512_storeu_ps(out + b * o + t * 16, acc[b][t]);
+  }
+}
+
+using ForwardBlock = void (*)(const Geometry&, const float*, const float*, float*, int64_t, int64_t, int64_t,
+                              int64_t);
+template <int OT, bool kEdge, int... B>
+constexpr std::array<ForwardBlock, sizeof...(B)> forward_blocks_of(std::integer_sequence<int, B...>) {
+  return {forward_block<B + 1, OT, kEdge>...};
+}
+template <bool kEdge, int... T>
+constexpr std::array<std::array<ForwardBlock, kMaxPositions>, sizeof...(T)> forward_table(
+    std::integer_sequence<int, T...>) {
+  return {forward_blocks_of<T + 1, kEdge>(std::make_integer_sequence<int, kMaxPositions>{})...};
+}
+// [edge][tiles - 1][positions - 1]
+constexpr std::array<std::array<std::array<ForwardBlock, kMaxPositions>, kMaxTiles>, 2> kForwardBlocks = {
+    forward_table<false>(std::make_integer_sequence<int, kMaxTiles>{}),
+    forward_table<true>(std::make_integer_sequence<int, kMaxTiles>{})};
+
+// one output row (n, oy), every output channel
+void forward_row(const Geometry& s, const float* x, const float* w, float* y, int64_t n, int64_t oy) {
+  const int64_t c = s.c, span = s.w * c, step = s.sx * c, run = s.run();
+  const int64_t blocks = (s.ow + kMaxPositions - 1) / kMaxPositions;
+  for (int64_t o0 = 0; o0 < s.o; o0 += 16 * kMaxTiles) {
+    const int64_t tiles = std::min<int64_t>(kMaxTiles, (s.o - o0) / 16);
+    for (int64_t i = 0, ox0 = 0; i < blocks; ++i) {
+      const int64_t size = (s.ow - ox0) / (blocks - i);
+      const int64_t first = ox0 * step - s.px * c, last = first + (size - 1) * step + run;  // [first, last)
+      kForwardBlocks[first < 0 || last > span][tiles - 1][size - 1](s, x, w, y, n, oy, ox0, o0);
+      ox0 += size;
+    }
+  }
+}
+
+ffi::Error check(const Geometry& s, ffi::Span<const int64_t> w_dims) {
+  if (w_dims[2] != s.c || s.o < 16 || s.o % 16 != 0 || s.sy < 1 || s.sx < 1 || s.py < 0 || s.px < 0 || s.kh < 1 ||
+      s.kw < 1 || s.oh < 1 || s.ow < 1 || s.c < 1)
+    return ffi::Error::InvalidArgument("wide_conv: shapes are not a convolution's input, output and kernel "
+                                       "with a multiple of 16 outputs");
+  return ffi::Error::Success();
+}
+
+ffi::Error WideConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                           ffi::ResultBuffer<ffi::F32> y, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                           int64_t pad_left) {
+  const auto xd = x.dimensions(), yd = y->dimensions(), wd = w.dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || wd.size() != 4)
+    return ffi::Error::InvalidArgument("wide_conv: x, w and y must be 4-d (NHWC, HWIO, NHWC)");
+  const Geometry s{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2],
+                   stride_h, stride_w, pad_top, pad_left};
+  if (yd[0] != s.n || yd[3] != s.o) return ffi::Error::InvalidArgument("wide_conv: y is not [N, OH, OW, O]");
+  if (ffi::Error e = check(s, wd); e.failure()) return e;
+  if (s.n == 0) return ffi::Error::Success();
+  const float *xp = x.typed_data(), *wp = w.typed_data();
+  float* yp = y->typed_data();
+  const int64_t rows = s.n * s.oh;
+  jaxnets::parallel_tasks(pool, rows, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t r) {
+    forward_row(s, xp, wp, yp, r / s.oh, r % s.oh);
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error WideConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                               ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h, int64_t stride_w, int64_t pad_top,
                               int64_t pad_left) {
@@ -136,10 +237,8 @@ ffi::Error WideConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
     return ffi::Error::InvalidArgument("wide_conv: x, g and dw must be 4-d (NHWC, NHWC, HWIO)");
   const Geometry s{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], gd[1], gd[2],
                    stride_h, stride_w, pad_top, pad_left};
-  if (wd[2] != s.c || gd[0] != s.n || gd[3] != s.o || s.o < 16 || s.o % 16 != 0 || s.sy < 1 || s.sx < 1 ||
-      s.py < 0 || s.px < 0 || s.kh < 1 || s.kw < 1 || s.oh < 1 || s.ow < 1 || s.c < 1)
-    return ffi::Error::InvalidArgument("wide_conv: shapes are not a convolution's input, gradient and kernel "
-                                       "with a multiple of 16 outputs");
+  if (gd[0] != s.n || gd[3] != s.o) return ffi::Error::InvalidArgument("wide_conv: g is not [N, OH, OW, O]");
+  if (ffi::Error e = check(s, wd); e.failure()) return e;
   const int64_t size = s.rows() * s.o;
   float* out = dw->typed_data();
   std::fill(out, out + size, 0.0f);
@@ -162,6 +261,17 @@ ffi::Error WideConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxnets_wide_conv_weight_grad, WideConvWeightGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxnets_wide_conv_forward, WideConvForward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
