@@ -1,7 +1,8 @@
-"""jaxnets' own XLA:CPU kernels (runtime/native.py): a narrow dense layer read straight from uint8 pixels, and small
-stride-1 convolutions (forward and weight gradient, at most 16 outputs: LeNet-5). They must be built and used where
-they can be, compute what standardize + the product / lax's convolution computes, and give way to XLA's operations
-wherever they cannot run (no compiler, switched off, exported, shapes or dtypes they do not take)."""
+"""jaxnets' own XLA:CPU kernels (runtime/native.py): a narrow dense layer read straight from uint8 pixels, small
+stride-1 convolutions (forward and gradients, at most 16 outputs: LeNet-5) and convolutions with 16·k outputs (forward,
+stride-1 input gradient, weight gradient: ResNet, VGG, AlexNet). They must be built and used where they can be,
+compute what standardize + the product / lax's convolution computes, and give way to XLA's operations wherever they
+cannot run (no compiler, switched off, exported, shapes or dtypes they do not take)."""
 
 import dataclasses
 import functools

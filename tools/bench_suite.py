@@ -23,18 +23,20 @@ from pathlib import Path
 
 from jaxnets.bench import bench_step, enable_compilation_cache, machine
 
-# (our model, peer model, mode, batch, size, channels, options, steps)
+# (our model, peer model, mode, batch, size, channels, options, steps): enough steps that each side's
+# measurement of a sub-millisecond step lasts a few tenths of a second (with 100 steps of a 0.2 ms step, 20 ms of
+# measurement, anything else on a 2-core machine moved a row by 2×)
 STANDARD_SET = [
-    ("logistic_regression", "logreg", "train", 32, 64, 3, None, 200),
-    ("logistic_regression", "logreg", "predict", 32, 64, 3, None, 200),
-    ("shallow_mlp", "shallow", "train", 32, 128, 3, None, 100),
-    ("shallow_mlp", "shallow", "predict", 32, 128, 3, None, 100),
-    ("mlp", "deep_mlp", "train", 32, 64, 3, {"hidden_sizes": (256, 64)}, 50),
-    ("mlp", "deep_mlp", "predict", 32, 64, 3, {"hidden_sizes": (256, 64)}, 50),
-    ("lenet5", "lenet5", "train", 64, 32, 1, None, 50),
-    ("lenet5", "lenet5", "predict", 64, 32, 1, None, 50),
-    ("lenet5", "lenet5", "train", 256, 32, 1, None, 20),
-    ("lenet5", "lenet5", "predict", 256, 32, 1, None, 20),
+    ("logistic_regression", "logreg", "train", 32, 64, 3, None, 2000),
+    ("logistic_regression", "logreg", "predict", 32, 64, 3, None, 5000),
+    ("shallow_mlp", "shallow", "train", 32, 128, 3, None, 500),
+    ("shallow_mlp", "shallow", "predict", 32, 128, 3, None, 2000),
+    ("mlp", "deep_mlp", "train", 32, 64, 3, {"hidden_sizes": (256, 64)}, 100),
+    ("mlp", "deep_mlp", "predict", 32, 64, 3, {"hidden_sizes": (256, 64)}, 300),
+    ("lenet5", "lenet5", "train", 64, 32, 1, None, 200),
+    ("lenet5", "lenet5", "predict", 64, 32, 1, None, 500),
+    ("lenet5", "lenet5", "train", 256, 32, 1, None, 50),
+    ("lenet5", "lenet5", "predict", 256, 32, 1, None, 200),
     ("alexnet", "alexnet", "train", 32, 128, 3, None, 5),
     ("alexnet", "alexnet", "predict", 32, 128, 3, None, 10),
     ("vgg16", "vgg16", "train", 32, 128, 3, None, 2),
