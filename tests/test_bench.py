@@ -38,6 +38,22 @@ def test_bench_profile_names_the_expensive_operations_of_a_step(capsys):
     assert sum(row["share"] for row in result["kinds"]) <= 1.0 + 5e-5 * len(result["kinds"])
 
 
+def test_bench_profile_counts_jaxnets_kernels_by_their_target(capsys):
+    # in float32 LeNet-5's convolutions are jaxnets' kernels: the kinds name them by target, and their time is
+    # reported beside XLA's convolutions
+    from jaxnets.runtime import native
+
+    if not native.available():
+        pytest.skip("no kernels on this machine")
+    assert main(["bench", "profile", "--model", "lenet5", "--batch", "8", "--steps", "2", "--top", "100",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    kinds = {row["op"]: row for row in result["kinds"]}
+    assert native.CONV_FORWARD in kinds and native.CONV_WEIGHT_GRAD in kinds
+    assert kinds[native.CONV_WEIGHT_GRAD]["what"] == "2 instructions"  # both layers' weight gradients
+    assert result["kernels_ms"] >= kinds[native.CONV_FORWARD]["ms"] > 0
+
+
 def test_bench_augment_times_the_steps_own_input_pipeline(capsys):
     # the photo recipe's pipeline (TrivialAugmentWide, MixUp/CutMix, erasing) on a small batch, then none of it
     args = ["bench", "augment", "--size", "24", "--batch", "4", "--steps", "2", "--json"]

@@ -289,12 +289,15 @@ def test_buffers_above_an_arenas_reach_are_kept_too():
 def test_the_malloc_switch_refuses_unknown_values(monkeypatch):
     monkeypatch.setenv(cpu.MALLOC_ENV, "fast")
     cpu.keep_freed_memory.cache_clear()
+    cpu.share_one_arena.cache_clear()
     try:
         with pytest.raises(ValueError, match="keep"):
             cpu.keep_freed_memory()
+        assert cpu.share_one_arena() is False  # at import: no error there, the train step's set-up says it
     finally:
         monkeypatch.delenv(cpu.MALLOC_ENV)
         cpu.keep_freed_memory.cache_clear()
+        cpu.share_one_arena.cache_clear()
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (3, 4, 6), (4, 5, 6, 8)])

@@ -151,8 +151,12 @@ def share_one_arena() -> bool:
     """Threads that have not allocated yet (XLA's workers, when this runs before the backend starts) take their
     memory from the main heap, the only place `keep_freed_memory` can keep a block above 64 MB; that heap keeps
     a step's smaller blocks too (see the module docstring). A thread's first malloc binds it to an arena, so
-    this runs at import. True when set."""
-    mallopt = _mallopt()
+    this runs at import. True when set (an unknown `JAXNETS_CPU_MALLOC` is refused by `keep_freed_memory`, when a
+    train step is built, not by an import)."""
+    try:
+        mallopt = _mallopt()
+    except ValueError:
+        return False
     if mallopt is None:
         return False
     settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, SHARED_TRIM_THRESHOLD), (_M_ARENA_MAX, 1))
