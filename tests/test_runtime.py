@@ -230,7 +230,7 @@ def test_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
     import subprocess
     import sys
 
-    if not cpu.keep_freed_memory():
+    if cpu._mallopt() is None:  # not glibc (or switched off): nothing to keep; this process's own settings untouched
         pytest.skip("not glibc: no mallopt")
 
     def faults_per_call(choice: str) -> float:
@@ -271,7 +271,7 @@ def test_buffers_above_an_arenas_reach_are_kept_too():
     import subprocess
     import sys
 
-    if not cpu.keep_freed_memory():
+    if cpu._mallopt() is None:  # not glibc (or switched off): nothing to keep; this process's own settings untouched
         pytest.skip("not glibc: no mallopt")
 
     def faults_per_call(choice: str) -> float:
@@ -284,6 +284,45 @@ def test_buffers_above_an_arenas_reach_are_kept_too():
     # (the heap grows twice while a call's buffer is still held as the next one starts, then stays)
     assert system > 128 * 2**20 // 4096 / 2, system
     assert kept < 100, (kept, system)
+
+
+_RELEASED = """
+import time
+import jax, jax.numpy as jnp
+from jaxnets import runtime
+runtime.training_process()
+big = jax.jit(lambda x: jnp.sin(x) * 2)  # a 400 MB result, made and dropped: the heap keeps it (never trimmed)
+jax.block_until_ready(big(jnp.ones((100, 2**20)))).delete()
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20
+held = rss_mb()
+for _ in range(100):  # XLA frees a deleted buffer on its own thread, a moment later
+    runtime.release_training_memory()  # what fit does when it returns
+    if rss_mb() < held - 300:
+        break
+    time.sleep(0.05)
+print(held, rss_mb())
+"""
+
+
+def test_a_finished_training_run_hands_its_kept_memory_back():
+    import os
+    import subprocess
+    import sys
+
+    if cpu._mallopt() is None:
+        pytest.skip("not glibc: no mallopt")
+    out = subprocess.run([sys.executable, "-c", _RELEASED], env={**os.environ, cpu.MALLOC_ENV: "keep"},
+                         capture_output=True, text=True, check=True)
+    held, released = map(int, out.stdout.split()[-2:])
+    assert held - released > 300, (held, released)  # the 400 MB block was resident until released
+
+
+def test_the_shared_heap_is_for_cpu_processes_only(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    assert not cpu._cpu_process()
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert cpu._cpu_process()
 
 
 def test_the_malloc_switch_refuses_unknown_values(monkeypatch):

@@ -13,7 +13,7 @@ import jax
 
 from . import cpu
 
-__all__ = ["cpu", "jit", "training_process"]
+__all__ = ["cpu", "jit", "release_training_memory", "training_process"]
 
 
 def jit(fun: Callable, **kwargs) -> Callable:
@@ -31,3 +31,10 @@ def training_process() -> None:
     the default thresholds hand memory back between requests."""
     if jax.default_backend() == "cpu":
         cpu.keep_freed_memory()
+
+
+def release_training_memory() -> None:
+    """When training ends: on CPU, the free memory that `training_process` kept for the next step goes back to the
+    kernel (cpu.release_freed_memory)."""
+    if jax.default_backend() == "cpu":
+        cpu.release_freed_memory()

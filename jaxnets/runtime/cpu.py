@@ -38,8 +38,9 @@
    to 32 MB in it (without that the heap is trimmed and grown again around every step: LeNet-5's predict step
    took 30 faults and ran 5–10 % slower); once a train step is built (`runtime.training_process`),
    `keep_freed_memory` lets the main heap serve blocks of any size and never trims it, so a step's buffers are
-   reused: ResNet-18's faults per step 66,800 → 0. A process that only predicts still hands blocks above
-   32 MB back; `JAXNETS_CPU_MALLOC=system` leaves every glibc default.
+   reused: ResNet-18's faults per step 66,800 → 0; `fit` hands the free memory back when it returns
+   (`release_freed_memory`). A process that only predicts still hands blocks above 32 MB back, a process on an
+   accelerator keeps glibc's defaults, and `JAXNETS_CPU_MALLOC=system` leaves every glibc default.
 6. BatchNorm's reductions (ResNet, VGG-BN). XLA:CPU sums a [32, 64, 64, 64] activation over (N, H, W) at 2–3
    GB/s when the summand is a fusion (13 ms; its gradients' Σg and Σg·x re-derive a max pool's backward inside
    the reduction: 42 ms each for ResNet's stem), ~87 ms of ResNet-18's 128-px step in all. `layers.BatchNorm`
@@ -146,18 +147,31 @@ def _mallopt() -> Callable[[int, int], int] | None:
     return mallopt
 
 
+def _cpu_process() -> bool:
+    """Whether JAX will compute on the CPU here, known without starting a backend (that would start XLA's threads):
+    no JAX_PLATFORMS naming only accelerators, no accelerator plugin installed."""
+    import importlib.util
+
+    platforms = os.environ.get("JAX_PLATFORMS", "").lower()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+    return not any(importlib.util.find_spec(name) is not None for name in plugins)
+
+
 @functools.cache
 def share_one_arena() -> bool:
     """Threads that have not allocated yet (XLA's workers, when this runs before the backend starts) take their
     memory from the main heap, the only place `keep_freed_memory` can keep a block above 64 MB; that heap keeps
     a step's smaller blocks too (see the module docstring). A thread's first malloc binds it to an arena, so
-    this runs at import. True when set (an unknown `JAXNETS_CPU_MALLOC` is refused by `keep_freed_memory`, when a
-    train step is built, not by an import)."""
+    this runs when jaxnets' runtime is imported, process-wide, and only where JAX will compute on the CPU. True
+    when set (an unknown `JAXNETS_CPU_MALLOC` is refused by `keep_freed_memory`, when a train step is built, not
+    by an import)."""
     try:
         mallopt = _mallopt()
     except ValueError:
         return False
-    if mallopt is None:
+    if mallopt is None or not _cpu_process():
         return False
     settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, SHARED_TRIM_THRESHOLD), (_M_ARENA_MAX, 1))
     return all([mallopt(option, value) for option, value in settings])
@@ -172,6 +186,20 @@ def keep_freed_memory() -> bool:
         return False
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRAINING_TRIM_THRESHOLD))
     return all([mallopt(option, value) for option, value in settings])
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free memory back to the kernel (glibc's malloc_trim), e.g. when a training run ends: a
+    training process's heap is otherwise never trimmed (`keep_freed_memory`), and a notebook that trained a
+    model would hold its peak memory. True when memory was returned."""
+    try:
+        if _mallopt() is None:
+            return False
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError, ValueError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
 
 
 share_one_arena()
@@ -332,8 +360,9 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """`lax.conv_general_dilated`, except a stride-1 VALID convolution of an NHWC image with one channel (computed
-    as shifted slices) or a few (its input gradient computed as matmul + col2im), and a wide one (its weight
-    gradient from the stored input): see the module docstring."""
+    as shifted slices) or a few (its input gradient computed as matmul + col2im), and one with ≥ 64 input channels
+    or 16·k outputs (its weight gradient from the stored input; jaxnets' wide kernels, forward and gradients,
+    where they run): see the module docstring, items 2, 3, 9 and 10."""
     ones = (None, (1, 1), [1, 1])
     plain = (lhs.ndim == 4 and tuple(window_strides) == (1, 1)
              and (padding == "VALID" or all(tuple(p) == (0, 0) for p in padding))
@@ -417,8 +446,10 @@ def with_cpu_kernels(fun: Callable) -> Callable:
     through `dot_general` (the narrow path) and jaxnets' BatchNorm's reductions through
     `batch_moments`/`scale_shift`. Their gradients are
     custom VJPs: reverse mode works, forward mode (`jax.jvp`) through them does not (a BatchNorm in training mode
-    included), and where jaxnets' kernels run (native.py: LeNet-5-sized convolutions, a pixel first layer) neither
-    does reverse over reverse, as an FFI call has no derivative of its own — nothing in jaxnets uses either."""
+    included, and any convolution these paths take), and where jaxnets' kernels run (native.py: a pixel first
+    layer, float32 convolutions with at most 16 or with 16·k outputs) neither reverse over reverse nor `vmap`
+    works, as an FFI call has no derivative or batching rule of its own — nothing in jaxnets uses either under
+    these steps (the explanations and exports use plain `jax.jit`)."""
 
     @functools.wraps(fun)
     def traced(*args, **kwargs):

@@ -224,8 +224,8 @@ def takes_wide_conv(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], pa
     negative padding (lax's crop), at least one output position (measured faster than XLA's on every layer of
     ResNet-18, VGG-16 and AlexNet that has 16·k outputs)."""
     if not (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.ndim == 4 and rhs.ndim == 4
-            and lhs.shape[0] > 0 and rhs.shape[2] == lhs.shape[3] and rhs.shape[3] % 16 == 0
-            and rhs.shape[3] >= 16 and len(strides) == 2 and min(strides) >= 1):
+            and lhs.shape[0] > 0 and rhs.shape[2] == lhs.shape[3] >= 1 and min(rhs.shape[:2]) >= 1
+            and rhs.shape[3] % 16 == 0 and rhs.shape[3] >= 16 and len(strides) == 2 and min(strides) >= 1):
         return False
     sizes = [(lhs.shape[1 + i] + sum(padding[i]) - rhs.shape[i]) // strides[i] + 1 for i in range(2)]
     return min(min(p) for p in padding) >= 0 and min(sizes) >= 1 and available()

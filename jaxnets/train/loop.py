@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import runtime
 from ..checkpoint import MODEL_CARD, Checkpoints
 from ..data.augment import get_augment
 from ..data.dataset import Dataset, Splits
@@ -431,7 +432,15 @@ def _write_start(run: RunDir, cfg: TrainConfig, prep: _Prepared, in_memory: bool
 
 def fit(cfg: TrainConfig, splits: Splits | None = None, on_start: Callable[[], None] | None = None) -> FitResult:
     """Train `cfg.model` on `cfg.data` (or the given splits); see the module docstring for what is written.
-    `on_start` is called once the start is accepted (data read, a resumed state restored), before epoch one."""
+    `on_start` is called once the start is accepted (data read, a resumed state restored), before epoch one.
+    The memory a training process keeps between steps goes back to the system when the run's state is gone."""
+    try:
+        return _fit(cfg, splits, on_start)
+    finally:
+        runtime.release_training_memory()
+
+
+def _fit(cfg: TrainConfig, splits: Splits | None, on_start: Callable[[], None] | None) -> FitResult:
     cfg.validate()
     run = RunDir(cfg.out)
     run.check(cfg.resume, cfg.overwrite)

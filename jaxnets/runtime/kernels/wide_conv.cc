@@ -1,17 +1,24 @@
-// The weight gradient of a convolution with 16·k output channels (any stride and padding), NHWC, float32:
-// ResNet's stem (7x7/2, 3 -> 64) and its 64-channel 3x3 layers.
+// Convolutions with 16·k output channels (any stride and padding), NHWC / HWIO, float32: the forward pass and
+// the kernel's gradient of ResNet's, VGG's and AlexNet's layers (a stride-1 layer's input gradient is the
+// forward over the output gradient with the kernel turned by 180 degrees: native.wide_conv_input_grad).
 //
-// Why (runtime/cpu.py, item 10): XLA:CPU computes these as a convolution over an output-sized "window" after
-// transposing the input channel-major and the gradient position-major, at 60-100 GFLOP/s (40 ms for ResNet-18's
-// stem at batch 32, 128 px, 25 ms for each 64-channel layer of the first stage).
-//
-// dw[ky, kx, c, o] = sum_{n, oy, ox} x[n, oy*S + ky - P, ox*S + kx - Q, c] * g[n, oy, ox, o]  (x = 0 outside)
+// Why (runtime/cpu.py, item 10): XLA:CPU computes a kernel gradient as a convolution over an output-sized
+// "window" after transposing the input channel-major and the gradient position-major, at 30-150 GFLOP/s (34 ms
+// for ResNet-18's stem at batch 32, 128 px, 19 ms for each 64-channel layer of the first stage), and a
+// 3-channel stem's forward at ~80 GFLOP/s; these kernels run at ~200-230 (Zen 4).
 //
 // For one kernel row ky the inputs (kx, c) of an output position are one contiguous run of KW*C floats of an
-// input row, starting at column ox*S - Q: dw's rows (ky, j = kx*C + c) are taken R at a time, each against
-// up to four 16-float registers of outputs (R x OT accumulators), over a tile of output rows; for each position
-// OT loads of g, R broadcasts of x. Columns whose run leaves the image (the padding) take zeros there. The batch
-// is cut into slices, each sums into its own partial dw, the partials are added last.
+// input row, starting at column ox*S - Q.
+//
+// forward:     y[n, oy, ox, o] = sum_{ky, kx, c} x[n, oy*S + ky - P, ox*S + kx - Q, c] * w[ky, kx, c, o]
+//   B consecutive positions of a row x up to four 16-float registers of outputs (B x OT accumulators); for each
+//   input (ky, j) of the run OT loads of w and B broadcasts of x.
+// weight grad: dw[ky, kx, c, o] = sum_{n, oy, ox} x[n, oy*S + ky - P, ox*S + kx - Q, c] * g[n, oy, ox, o]
+//   dw's rows (ky, j = kx*C + c) taken R at a time against up to four registers of outputs (R x OT
+//   accumulators), over a tile of output rows; for each position OT loads of g, R broadcasts of x. The batch is
+//   cut into slices, each sums into its own partial dw, the partials are added last.
+// x is 0 outside the image: padding rows are skipped, padding columns contribute 0 * w (so with an infinite
+// weight lax's outputs next to a padding row are NaN where these stay finite; every other value is lax's).
 
 #include <immintrin.h>
 
@@ -60,7 +67,7 @@ void block(const Geometry& s, const float* x, const float* g, float* partial, in
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row / s.oh, oy = row % s.oh, iy = oy * s.sy + ky - s.py;
     if (iy < 0 || iy >= s.h) continue;  // a padding row: zeros
-    const float* xr = x + (n * s.h + iy) * span + first;
+    const float* xr = x + (n * s.h + iy) * span;  // the row; the run of column ox starts at ox * step + first
     const float* gr = g + (n * s.oh + oy) * ow * o + o0;
     auto edge = [&](int64_t ox) {  // a column whose run leaves the row: zeros there
       __m512 gv[OT];
@@ -69,13 +76,13 @@ void block(const Geometry& s, const float* x, const float* g, float* partial, in
 #pragma GCC unroll 6
       for (int r = 0; r < R; ++r) {
         const int64_t at = ox * step + first + r;
-        const __m512 xv = _mm512_set1_ps(at >= 0 && at < span ? xr[ox * step + r] : 0.0f);
+        const __m512 xv = _mm512_set1_ps(at >= 0 && at < span ? xr[at] : 0.0f);
 #pragma GCC unroll 4
         for (int t = 0; t < OT; ++t) acc[r][t] = _mm512_fmadd_ps(xv, gv[t], acc[r][t]);
       }
     };
     for (int64_t ox = 0; ox < lo; ++ox) edge(ox);
-    const float* xp = xr + lo * step;
+    const float* xp = xr + (lo < hi ? lo * step + first : 0);  // inside the row whenever the loop below runs
     const float* gp = gr + lo * o;
     for (int64_t ox = lo; ox < hi; ++ox, xp += step, gp += o) {
       __m512 gv[OT];
