@@ -265,6 +265,9 @@ def _add_predict(sub) -> None:
                         "map at the model's input size): Grad-CAM for CNNs, gradient × input for MLPs")
     p.add_argument("--class", dest="explain_class", default=None, metavar="NAME",
                    help="with --explain: explain this class instead of the predicted one")
+    p.add_argument("--cam-stage", type=positive_int, default=None, metavar="N",
+                   help="with --explain: the convolutional stage Grad-CAM draws from (1 = nearest the pixels; default: "
+                        "the deepest with at least 7x7 positions, said on stderr)")
     p.add_argument("--csv", default=None, metavar="OUT.csv",
                    help="write one row per readable image (path, label, the probability of each class) to a new "
                         "file instead of printing; folders are walked recursively, with a progress bar")
@@ -284,6 +287,10 @@ def _predict(args) -> int:
                          f"{', '.join(predictor.classes)}")
     if args.explain_class is not None and args.explain is None:
         raise ValueError("--class chooses what --explain explains: pass --explain OUT_DIR too")
+    if args.explain is not None:
+        _say_cam_stage(predictor, args.cam_stage)
+    elif args.cam_stage is not None:
+        raise ValueError("--cam-stage chooses where --explain looks: pass --explain OUT_DIR too")
     from .inference.folder import expand_paths
 
     files = [str(p) for p in expand_paths(args.images)]
@@ -308,7 +315,8 @@ def _predict(args) -> int:
             stem = Path(path).stem
             stems[stem] = stems.get(stem, 0) + 1
             name = stem if stems[stem] == 1 else f"{stem}-{stems[stem]}"  # a/1.png and b/1.png: 1, 1-2
-            result["explanation"] = _explain_one(predictor, path, args.explain, args.explain_class, name)
+            result["explanation"] = _explain_one(predictor, path, args.explain, args.explain_class, name,
+                                                 args.cam_stage)
         if args.json:
             print(json.dumps({"image": path, **result}))
         else:
@@ -390,7 +398,24 @@ def _export(args) -> int:
     return 0
 
 
-def _explain_one(predictor, path: str, out_dir: str, class_name: str | None, stem: str) -> str:
+def _say_cam_stage(predictor, stage: int | None) -> None:
+    """One line on stderr naming what the maps are drawn from; a stage the model lacks is refused."""
+    stages = predictor.cam_stages
+    if not stages:
+        if stage is not None:
+            raise ValueError(f"--cam-stage: {predictor.card.model} has no convolutional stage (its maps are "
+                             "gradient x input)")
+        return
+    offered = ", ".join(f"{k} ({h}x{w})" for k, (h, w) in sorted(stages.items()))
+    if stage is not None and stage not in stages:
+        raise ValueError(f"--cam-stage {stage}: {predictor.card.model} has stages {offered}")
+    chosen = predictor.cam_stage if stage is None else stage
+    h, w = stages[chosen]
+    print(f"Grad-CAM from stage {chosen} ({h}x{w} positions; stages: {offered})", file=sys.stderr)
+
+
+def _explain_one(predictor, path: str, out_dir: str, class_name: str | None, stem: str,
+                 stage: int | None = None) -> str:
     """Write <stem>_cam.png and <stem>_cam.npy for one image into out_dir (never over an existing file)."""
     import io
 
@@ -405,7 +430,7 @@ def _explain_one(predictor, path: str, out_dir: str, class_name: str | None, ste
         _refuse_existing(target, "--explain folder")
     pixels = predictor.pixels([path])
     classes = None if class_name is None else [predictor.classes.index(class_name)]
-    maps, _ = predictor.explain_pixels(pixels, classes)
+    maps, _ = predictor.explain_pixels(pixels, classes, stage)
     buffer = io.BytesIO()
     np.save(buffer, maps[0])
     npy.write_bytes(buffer.getvalue())

@@ -162,3 +162,28 @@ def test_predict_explain_writes_the_overlay_and_the_raw_map_and_never_overwrites
     assert (tmp_path / "cams" / "digit0_cam.npy").read_bytes() == before
     wrong = subprocess.run([*cli, "--class", "eleven", images[0]], capture_output=True, text=True)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "eleven" in wrong.stderr
+
+
+def test_predict_explain_names_its_stage_and_takes_another_or_refuses_one_the_model_lacks(digits_run, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from jaxnets import Predictor
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(image)
+    cli = [sys.executable, "-m", "jaxnets", "predict", "--checkpoint", str(digits_run), str(image)]
+    default = subprocess.run([*cli, "--explain", str(tmp_path / "a")], capture_output=True, text=True)
+    assert default.returncode == 0 and "Grad-CAM from stage 2 (10x10 positions" in default.stderr, default.stderr
+    first = subprocess.run([*cli, "--explain", str(tmp_path / "b"), "--cam-stage", "1"], capture_output=True, text=True)
+    assert first.returncode == 0 and "stage 1 (28x28" in first.stderr, first.stderr
+    predictor = Predictor.from_checkpoint(digits_run)
+    expected, _ = predictor.explain_pixels(predictor.pixels([str(image)]), stage=1)
+    np.testing.assert_allclose(np.load(tmp_path / "b" / "digit_cam.npy"), expected[0], atol=1e-5)
+    assert not np.allclose(np.load(tmp_path / "a" / "digit_cam.npy"), expected[0])
+    for extra in (["--explain", str(tmp_path / "c"), "--cam-stage", "5"], ["--cam-stage", "1"]):
+        wrong = subprocess.run([*cli, *extra], capture_output=True, text=True)
+        assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    assert not (tmp_path / "c").exists()

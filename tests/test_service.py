@@ -251,6 +251,13 @@ def test_explain_answers_the_map_for_the_predicted_or_a_chosen_class(server, tra
     assert response.status_code == 200, response.text
     chosen = response.json()
     assert chosen["class"] == other and chosen["label"] == predicted and chosen["map"] != answer["map"]
+    # the map is the Predictor's (the one tests/test_explain_pointing.py vets), pixel for pixel
+    predictor = Predictor.from_checkpoint(trained["run"])
+    pixels = predictor.pixels([data])
+    expected, _ = predictor.explain_pixels(pixels, [predictor.classes.index(predicted)])
+    factor = heat.size[0] // pixels.shape[2]
+    drawn = np.asarray(heat, np.int16)[::factor, ::factor]
+    assert np.abs(drawn - np.rint(expected[0] * 255)).max() <= 2
 
 
 def test_explain_has_the_guards_of_predict(server, trained):

@@ -86,7 +86,7 @@ class Predictor:
         self.spec = card.preprocess
         self.buckets = tuple(sorted(set(buckets)))
         self.max_pixels = max_pixels
-        self._cam: bool | None = None  # whether explanations are Grad-CAM (found on the first one)
+        self._cam_stages: dict[int, tuple[int, int]] | None = None  # found on the first explanation
         apply = forward(model, self.spec)
         self._probabilities = runtime.jit(lambda v, images: probabilities(apply(v, images), self.binary))
         self._log_probabilities = runtime.jit(lambda v, images: log_probabilities(apply(v, images), self.binary))
@@ -148,12 +148,28 @@ class Predictor:
             out[start:start + rows] = np.asarray(function(self.variables, chunk))[:rows]
         return out
 
-    def explain_pixels(self, pixels: np.ndarray, classes: Sequence[int] | None = None
+    @property
+    def cam_stages(self) -> dict[int, tuple[int, int]]:
+        """{stage: (height, width)} of the convolutional stages Grad-CAM can explain from ({} for the MLPs)."""
+        if self._cam_stages is None:  # traced once per Predictor, not per explanation
+            from .explain import cam_stages
+
+            self._cam_stages = cam_stages(self.model, self.variables, self.spec.shape)
+        return self._cam_stages
+
+    @property
+    def cam_stage(self) -> int | None:
+        """The stage explanations come from unless one is asked for (None for the MLPs): see choose_stage."""
+        from .explain import choose_stage
+
+        return choose_stage(self.cam_stages) if self.cam_stages else None
+
+    def explain_pixels(self, pixels: np.ndarray, classes: Sequence[int] | None = None, stage: int | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N,H,W,C] → (maps float32 [N,H,W] in [0, 1], class index each map explains): Grad-CAM for the
-        CNNs, gradient × input for the MLPs (inference/explain.py), for the predicted class unless `classes`
-        names one per image. Padded to the same buckets as predictions: no recompiles."""
-        from .explain import explain_pixels, has_cam_layer
+        CNNs (from `stage`, default `cam_stage`), gradient × input for the MLPs (inference/explain.py), for the
+        predicted class unless `classes` names one per image. Padded to the same buckets as predictions."""
+        from .explain import explain_pixels
 
         n = len(pixels)
         maps = np.empty((n, self.spec.height, self.spec.width), np.float32)
@@ -165,9 +181,8 @@ class Predictor:
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
             wanted = None if classes is None else np.pad(np.asarray(classes[start:start + rows]), (0, pad))
-            if self._cam is None:  # traced once per Predictor, not per call
-                self._cam = has_cam_layer(self.model, self.variables, self.spec.shape)
-            m, c = explain_pixels(self.model, self.variables, self.spec, self.binary, chunk, wanted, self._cam)
+            m, c = explain_pixels(self.model, self.variables, self.spec, self.binary, chunk, wanted, stage,
+                                  self.cam_stages)
             maps[start:start + rows], chosen[start:start + rows] = m[:rows], c[:rows]
         return maps, chosen
 

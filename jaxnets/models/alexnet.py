@@ -17,11 +17,11 @@ class AlexNet(nn.Module):
     def __call__(self, x, train: bool = False):
         conv = lambda f, k, s, p: nn.Conv(f, (k, k), (s, s), padding=[(p, p), (p, p)], dtype=self.dtype)  # noqa: E731
         x = x.astype(self.dtype)
-        x = max_pool(nn.relu(conv(64, 11, 4, 2)(x)), 3, 2)
-        x = max_pool(nn.relu(conv(192, 5, 1, 2)(x)), 3, 2)
+        x = max_pool(explain_point(self, nn.relu(conv(64, 11, 4, 2)(x)), 1), 3, 2)
+        x = max_pool(explain_point(self, nn.relu(conv(192, 5, 1, 2)(x)), 2), 3, 2)
         x = nn.relu(conv(384, 3, 1, 1)(x))
         x = nn.relu(conv(256, 3, 1, 1)(x))
-        x = max_pool(explain_point(self, nn.relu(conv(256, 3, 1, 1)(x))), 3, 2)
+        x = max_pool(explain_point(self, nn.relu(conv(256, 3, 1, 1)(x)), 3), 3, 2)
         x = flatten(adaptive_avg_pool(x, (6, 6)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))

@@ -184,18 +184,19 @@ def avg_pool2(x: Array) -> Array:
     return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
-CAM_LAYER = "cam_features"  # the last convolutional stage's output, where Grad-CAM looks
+CAM_PREFIX = "cam_stage"  # a convolutional stage's output, where Grad-CAM may look: cam_stage1, cam_stage2, …
 
 
-def explain_point(module: nn.Module, x: Array) -> Array:
-    """Mark `x` as the model's last convolutional feature map for Grad-CAM: its value is sown into the
-    "intermediates" collection and a zero perturbation is added so that its gradient can be taken. Both are
-    no-ops unless those collections are asked for, so training and inference pay nothing; `init` creates no
-    perturbation (its batch size would then bind every later `apply`)."""
+def explain_point(module: nn.Module, x: Array, stage: int) -> Array:
+    """Mark `x` as the output of convolutional stage `stage` (1 = the first, nearest the pixels) for Grad-CAM: its
+    value is sown into the "intermediates" collection and a zero perturbation is added so that its gradient can be
+    taken. Both are no-ops unless those collections are asked for, so training and inference pay nothing; `init`
+    creates no perturbation (its batch size would then bind every later `apply`)."""
     if module.is_initializing():
         return x
-    module.sow("intermediates", CAM_LAYER, x)
-    return module.perturb(CAM_LAYER, x)
+    name = f"{CAM_PREFIX}{stage}"
+    module.sow("intermediates", name, x)
+    return module.perturb(name, x)
 
 
 def flatten(x: Array) -> Array:

@@ -23,8 +23,8 @@ class LeNet5(nn.Module):
     def __call__(self, x, train: bool = False):
         act = choose(ACTIVATIONS, self.activation, "activation")
         x = x.astype(self.dtype)
-        x = avg_pool2(act(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype)(x)))
-        x = avg_pool2(explain_point(self, act(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x))))
+        x = avg_pool2(explain_point(self, act(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype)(x)), 1))
+        x = avg_pool2(explain_point(self, act(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x)), 2))
         x = flatten(x)
         x = act(nn.Dense(120, dtype=self.dtype)(x))
         x = act(nn.Dense(84, dtype=self.dtype)(x))

@@ -75,5 +75,6 @@ class ResNet(nn.Module):
             for i in range(blocks):
                 strides = 2 if stage > 0 and i == 0 else 1
                 x = block(64 * 2**stage, strides, name=f"layer{stage + 1}_{i}")(x, train)
-        x = explain_point(self, x).mean(axis=(1, 2))
+            x = explain_point(self, x, stage + 1)
+        x = x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)

@@ -28,17 +28,16 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
-        last_conv = max(i for i, v in enumerate(self.config) if v != "M")
-        for i, v in enumerate(self.config):
+        stage = 0
+        for v in self.config:
             if v == "M":
-                x = max_pool(x, 2, 2)
+                stage += 1
+                x = max_pool(explain_point(self, x, stage), 2, 2)
                 continue
             x = nn.Conv(v, (3, 3), padding=[(1, 1), (1, 1)], kernel_init=conv_kaiming_fan_out, dtype=self.dtype)(x)
             if self.batch_norm:
                 x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
             x = nn.relu(x)
-            if i == last_conv:
-                x = explain_point(self, x)
         x = flatten(adaptive_avg_pool(x, (7, 7)))
         dense = lambda n: nn.Dense(n, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype)  # noqa: E731
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(dense(4096)(x)))

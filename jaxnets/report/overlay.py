@@ -10,10 +10,7 @@ from PIL import Image
 
 def overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """uint8 H×W×3: the pixels (as the model saw them) with the [0, 1] map in a colour scale (jet) blended over."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # a colour table only: no backend, nothing process-wide
 
     rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
     colour = (colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255).astype(np.float32)
