@@ -27,3 +27,9 @@ def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    """The module's real names plus the lazy public ones: without it `dir(jaxnets)` and tab completion
+    would hide the whole API, which only `__getattr__` knows about."""
+    return sorted({*globals(), *__all__})

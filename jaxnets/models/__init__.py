@@ -142,9 +142,26 @@ def create_model(name: str, num_classes: int, **options: Any) -> nn.Module:
     return module
 
 
-def init_variables(model, input_shape: tuple[int, ...], seed: int) -> dict:
-    """Initialise a model for inputs of `input_shape` (H, W, C) with a key made from `seed`."""
-    key = jax.random.PRNGKey(seed)
+def init_variables(model, input_shape: tuple[int, ...], seed: int | jax.Array) -> dict:
+    """Initialise a model for inputs of `input_shape` (H, W, C) from `seed`: an int, a typed key
+    (`jax.random.key(0)`) or an old raw `PRNGKey`.
+
+    Every form becomes one typed key first, so an int and `jax.random.key(int)` (and `PRNGKey(int)`) give
+    bit-identical variables: a caller who already holds a key need not turn it back into an int, and the
+    ints stored in run configs keep initialising exactly as before.
+    """
+    import operator  # kept local: only this function of the module needs it
+
+    dtype = getattr(seed, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        key = seed
+    elif dtype == jnp.uint32 and getattr(seed, "shape", None) == (2,):
+        key = jax.random.wrap_key_data(seed)
+    else:
+        try:
+            key = jax.random.key(operator.index(seed))
+        except TypeError:
+            raise TypeError(f"seed must be an int, a jax.random.key or a raw PRNGKey, not {seed!r}") from None
     variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
     return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}  # not Grad-CAM's hooks
 
