@@ -9,7 +9,7 @@ import pytest
 
 from jaxnets import runtime
 from jaxnets.models import create_model
-from jaxnets.runtime import cpu, native
+from jaxnets.runtime import cpu, host, native
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are for XLA:CPU")
 
@@ -208,6 +208,7 @@ import ctypes, resource, sys
 import jax, jax.numpy as jnp, numpy as np
 from jaxnets import runtime
 if sys.argv[1] == "keep":
+    runtime.tune_process()  # what the jaxnets command does first
     runtime.training_process()  # what building a train step does
 else:  # the control: glibc made to map and unmap every buffer above 128 KiB (its dynamic threshold pinned)
     mallopt = ctypes.CDLL(None).mallopt
@@ -230,11 +231,11 @@ def test_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
     import subprocess
     import sys
 
-    if cpu._mallopt() is None:  # not glibc (or switched off): nothing to keep; this process's own settings untouched
+    if host._mallopt() is None:  # not glibc (or switched off): nothing to keep; this process's own settings untouched
         pytest.skip("not glibc: no mallopt")
 
     def faults_per_call(choice: str) -> float:
-        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS, choice], env={**os.environ, cpu.MALLOC_ENV: "keep"},
+        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS, choice], env={**os.environ, host.MALLOC_ENV: "keep"},
                              capture_output=True, text=True, check=True)
         return float(out.stdout.split()[-1])
 
@@ -249,6 +250,7 @@ _BIG_BUFFER_FAULTS = """
 import resource, statistics, threading
 import jax, jax.numpy as jnp
 from jaxnets import runtime
+runtime.tune_process()  # what the jaxnets command does first
 runtime.training_process()  # what building a train step does
 # a step with a 128 MB temporary buffer (x @ w, kept for tanh's gradient): above the 64 MB that a thread's own
 # glibc arena can hold, as ResNet-18's 272 MB one is
@@ -271,11 +273,11 @@ def test_buffers_above_an_arenas_reach_are_kept_too():
     import subprocess
     import sys
 
-    if cpu._mallopt() is None:  # not glibc (or switched off): nothing to keep; this process's own settings untouched
+    if host._mallopt() is None:  # not glibc (or switched off): nothing to keep; this process's own settings untouched
         pytest.skip("not glibc: no mallopt")
 
     def faults_per_call(choice: str) -> float:
-        out = subprocess.run([sys.executable, "-c", _BIG_BUFFER_FAULTS], env={**os.environ, cpu.MALLOC_ENV: choice},
+        out = subprocess.run([sys.executable, "-c", _BIG_BUFFER_FAULTS], env={**os.environ, host.MALLOC_ENV: choice},
                              capture_output=True, text=True, check=True)
         return float(out.stdout.split()[-1])
 
@@ -290,6 +292,7 @@ _RELEASED = """
 import time
 import jax, jax.numpy as jnp
 from jaxnets import runtime
+runtime.tune_process()
 runtime.training_process()
 big = jax.jit(lambda x: jnp.sin(x) * 2)  # a 400 MB result, made and dropped: the heap keeps it (never trimmed)
 jax.block_until_ready(big(jnp.ones((100, 2**20)))).delete()
@@ -310,9 +313,9 @@ def test_a_finished_training_run_hands_its_kept_memory_back():
     import subprocess
     import sys
 
-    if cpu._mallopt() is None:
+    if host._mallopt() is None:
         pytest.skip("not glibc: no mallopt")
-    out = subprocess.run([sys.executable, "-c", _RELEASED], env={**os.environ, cpu.MALLOC_ENV: "keep"},
+    out = subprocess.run([sys.executable, "-c", _RELEASED], env={**os.environ, host.MALLOC_ENV: "keep"},
                          capture_output=True, text=True, check=True)
     held, released = map(int, out.stdout.split()[-2:])
     assert held - released > 300, (held, released)  # the 400 MB block was resident until released
@@ -320,23 +323,40 @@ def test_a_finished_training_run_hands_its_kept_memory_back():
 
 def test_the_shared_heap_is_for_cpu_processes_only(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-    assert not cpu._cpu_process()
+    assert not host._cpu_process()
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert cpu._cpu_process()
+    assert host._cpu_process()
 
 
 def test_the_malloc_switch_refuses_unknown_values(monkeypatch):
-    monkeypatch.setenv(cpu.MALLOC_ENV, "fast")
-    cpu.keep_freed_memory.cache_clear()
-    cpu.share_one_arena.cache_clear()
+    monkeypatch.setenv(host.MALLOC_ENV, "fast")
+    host.keep_freed_memory.cache_clear()
     try:
         with pytest.raises(ValueError, match="keep"):
-            cpu.keep_freed_memory()
-        assert cpu.share_one_arena() is False  # at import: no error there, the train step's set-up says it
+            host.keep_freed_memory()
+        with pytest.raises(ValueError, match="keep"):
+            host._mallopt()  # what tune_process() calls first: refused there, before anything is set
     finally:
-        monkeypatch.delenv(cpu.MALLOC_ENV)
-        cpu.keep_freed_memory.cache_clear()
-        cpu.share_one_arena.cache_clear()
+        monkeypatch.delenv(host.MALLOC_ENV)
+        host.keep_freed_memory.cache_clear()
+
+
+_UNTUNED = """
+import ctypes, json
+from jaxnets import runtime
+from jaxnets.runtime import host
+runtime.training_process()  # a notebook calling fit: no tune_process() before it
+print(json.dumps({"kept": host._kept, "cached": host.keep_freed_memory.cache_info().currsize}))
+"""
+
+
+def test_a_train_step_in_a_process_nobody_tuned_keeps_malloc_as_it_was():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _UNTUNED], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.split("\n")[-2]) == {"kept": False, "cached": 0}
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (3, 4, 6), (4, 5, 6, 8)])

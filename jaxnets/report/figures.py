@@ -11,21 +11,35 @@ import numpy as np
 __all__ = ["confusion_figure", "confusion_png", "figure_png", "grid_png", "image_png", "pyplot"]
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
-    import matplotlib
+class _Figures:
+    """The two calls of pyplot's that jaxnets' figures use, `subplots` and `close`, on matplotlib's object-oriented
+    API: each figure is a `matplotlib.figure.Figure` drawn by its own Agg canvas, so no backend is chosen for the
+    process (pyplot is never imported) and a host application's matplotlib set-up stays as it was."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, dpi=None, **kwargs):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize, dpi=dpi)
+        FigureCanvasAgg(fig)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+    @staticmethod
+    def close(fig) -> None:
+        """Nothing to release: a figure that no pyplot manager knows is freed with its last reference."""
+
+
+def pyplot() -> _Figures:
+    """`subplots` and `close` as pyplot has them, without pyplot (see `_Figures`): matplotlib is imported on first
+    use, and no process-wide backend is set."""
+    return _Figures()
 
 
 def figure_png(fig) -> bytes:
-    """A figure as PNG bytes; the figure is closed."""
+    """A figure as PNG bytes."""
     out = io.BytesIO()
     fig.savefig(out, format="png")
-    pyplot().close(fig)
     return out.getvalue()
 
 

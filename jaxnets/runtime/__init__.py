@@ -3,6 +3,9 @@
 `runtime.jit` is `jax.jit` for jaxnets' own steps (train, eval, predict, bench). On XLA:CPU it adds what
 the CPU backend's defaults leave on the table (see cpu.py); on GPU/TPU it is plain `jax.jit` and the
 models are plain Flax.
+
+Nothing in jaxnets changes a process-wide setting (malloc, environment, threads, signals) on import or in a call,
+except `tune_process()`, the one call for a process jaxnets owns or whose owner asks for it (host.py).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from collections.abc import Callable
 
 import jax
 
-from . import cpu
+from . import cpu, host
+from .host import tune_process
 
-__all__ = ["cpu", "jit", "release_training_memory", "training_process"]
+__all__ = ["cpu", "jit", "release_training_memory", "training_process", "tune_process"]
 
 
 def jit(fun: Callable, **kwargs) -> Callable:
@@ -26,15 +30,12 @@ def jit(fun: Callable, **kwargs) -> Callable:
 
 
 def training_process() -> None:
-    """Process-wide settings for a process that runs training steps: on CPU, glibc keeps the freed memory of a
-    step for the next one (cpu.keep_freed_memory). Not for a process that only predicts (the service): there
-    the default thresholds hand memory back between requests."""
-    if jax.default_backend() == "cpu":
-        cpu.keep_freed_memory()
+    """Where a train step is built: in a process tuned by `tune_process()` (the `jaxnets` command), on CPU, glibc
+    keeps a step's freed memory for the next one (runtime/host.py). Elsewhere — a notebook calling `fit`, a
+    process that only predicts — nothing: jaxnets changes no process-wide setting it was not asked to."""
+    host.training_process(jax.default_backend() == "cpu")
 
 
 def release_training_memory() -> None:
-    """When training ends: on CPU, the free memory that `training_process` kept for the next step goes back to the
-    kernel (cpu.release_freed_memory)."""
-    if jax.default_backend() == "cpu":
-        cpu.release_freed_memory()
+    """When training ends: the free memory that `training_process` kept goes back to the kernel (malloc_trim)."""
+    host.release_training_memory()

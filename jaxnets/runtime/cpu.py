@@ -33,7 +33,7 @@
    gradient, a third of its time in the kernel (perf); ResNet-18's step at 128 px is one 272 MB buffer, 66,800
    faults and 0.08–0.24 s of system time per step. XLA allocates that buffer on its worker threads, and a
    thread's own glibc arena maps anything above 64 MB afresh whatever the thresholds, so (mallopt,
-   process-wide): when this module is imported, before XLA's workers first allocate, `share_one_arena` makes
+   process-wide, only through `runtime.tune_process()`, see host.py): `share_one_arena` makes
    every thread that has no arena yet use the main heap, and keeps up to 64 MB free at its top and blocks up
    to 32 MB in it (without that the heap is trimmed and grown again around every step: LeNet-5's predict step
    took 30 faults and ran 5–10 % slower); once a train step is built (`runtime.training_process`),
@@ -84,11 +84,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -121,88 +119,6 @@ def compiler_options() -> dict[str, Any] | None:
     if choice == "xla":
         return None
     return dict(YNN_DOTS) if _accepted(tuple(YNN_DOTS.items())) else None
-
-
-MALLOC_ENV = "JAXNETS_CPU_MALLOC"
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
-MMAP_THRESHOLD = 32 * 2**20  # glibc's ceiling for it on 64-bit machines
-SHARED_TRIM_THRESHOLD = 64 * 2**20  # free memory at the top of the heap beyond this goes back to the kernel
-TRAINING_TRIM_THRESHOLD = 2**31 - 1  # the largest mallopt takes: a training process's heap is never trimmed
-
-
-def _mallopt() -> Callable[[int, int], int] | None:
-    """glibc's mallopt, or None where the C library is not glibc or `JAXNETS_CPU_MALLOC=system` asks for its
-    defaults."""
-    choice = os.environ.get(MALLOC_ENV, "keep").lower()
-    if choice not in ("keep", "system"):
-        raise ValueError(f"{MALLOC_ENV} must be 'keep' or 'system', got {choice!r}")
-    if choice == "system" or not sys.platform.startswith("linux"):
-        return None
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, TypeError):  # musl: no mallopt
-        return None
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt
-
-
-def _cpu_process() -> bool:
-    """Whether JAX will compute on the CPU here, known without starting a backend (that would start XLA's threads):
-    no JAX_PLATFORMS naming only accelerators, no accelerator plugin installed."""
-    import importlib.util
-
-    platforms = os.environ.get("JAX_PLATFORMS", "").lower()
-    if platforms:
-        return platforms.split(",")[0].strip() == "cpu"
-    plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
-    return not any(importlib.util.find_spec(name) is not None for name in plugins)
-
-
-@functools.cache
-def share_one_arena() -> bool:
-    """Threads that have not allocated yet (XLA's workers, when this runs before the backend starts) take their
-    memory from the main heap, the only place `keep_freed_memory` can keep a block above 64 MB; that heap keeps
-    a step's smaller blocks too (see the module docstring). A thread's first malloc binds it to an arena, so
-    this runs when jaxnets' runtime is imported, process-wide, and only where JAX will compute on the CPU. True
-    when set (an unknown `JAXNETS_CPU_MALLOC` is refused by `keep_freed_memory`, when a train step is built, not
-    by an import)."""
-    try:
-        mallopt = _mallopt()
-    except ValueError:
-        return False
-    if mallopt is None or not _cpu_process():
-        return False
-    settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, SHARED_TRIM_THRESHOLD), (_M_ARENA_MAX, 1))
-    return all([mallopt(option, value) for option, value in settings])
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """A process that trains: the main heap serves blocks of every size and is never trimmed (see the module
-    docstring). True when set, False where there is no glibc or `JAXNETS_CPU_MALLOC=system`."""
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRAINING_TRIM_THRESHOLD))
-    return all([mallopt(option, value) for option, value in settings])
-
-
-def release_freed_memory() -> bool:
-    """Hand the heap's free memory back to the kernel (glibc's malloc_trim), e.g. when a training run ends: a
-    training process's heap is otherwise never trimmed (`keep_freed_memory`), and a notebook that trained a
-    model would hold its peak memory. True when memory was returned."""
-    try:
-        if _mallopt() is None:
-            return False
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError, TypeError, ValueError):
-        return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return bool(trim(0))
-
-
-share_one_arena()
 
 
 @jax.custom_vjp
