@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from .alexnet import AlexNet
+from .efficientnet import LITE_SCALING, STYLES, EfficientNetLite
 from .layers import ACTIVATIONS, INITIALIZERS, choose
 from .lenet import LeNet5
 from .mlp import MLP
@@ -44,6 +45,9 @@ MODEL_OPTIONS: dict[str, tuple[str, str]] = {
     "init": ("str", f"MLP weight initialisation, of: {', '.join(sorted(INITIALIZERS))}"),
     "dropout_rate": ("float", "dropout rate of the dense layers (MLP, AlexNet, VGG)"),
     "zero_init_residual": ("bool", "ResNet: start each residual branch at zero (last BN scale = 0)"),
+    "drop_connect_rate": ("float", "EfficientNet-Lite: stochastic depth of the last block (0 to it linearly)"),
+    "style": ("str", "EfficientNet-Lite arithmetic: tf (TF SAME padding, BN eps 1e-3: the reference and its "
+                     "ported weights) or pytorch (symmetric padding, eps 1e-5: timm's efficientnet_lite0)"),
 }
 
 
@@ -87,6 +91,11 @@ _REGISTRY: dict[str, ModelEntry] = {
     "resnet50": ModelEntry(ResNet, fixed={"stage_sizes": (3, 4, 6, 3), "block": Bottleneck}),
     "resnet101": ModelEntry(ResNet, fixed={"stage_sizes": (3, 4, 23, 3), "block": Bottleneck}),
     "resnet152": ModelEntry(ResNet, fixed={"stage_sizes": (3, 8, 36, 3), "block": Bottleneck}),
+    **{
+        name: ModelEntry(EfficientNetLite, fixed={"width": width, "depth": depth}, defaults={"dropout_rate": drop},
+                         size=size, normalize="half", min_size=32)
+        for name, (width, depth, size, drop) in LITE_SCALING.items()
+    },
 }
 
 
@@ -121,6 +130,10 @@ def _validate(options: dict[str, Any]) -> dict[str, Any]:
     for public, field_name in _ALIASES.items():
         if public in out:
             out[field_name] = out.pop(public)
+    if "style" in out:
+        choose(STYLES, out["style"], "EfficientNet-Lite style")
+    if "drop_connect_rate" in out and not 0.0 <= float(out["drop_connect_rate"]) < 1.0:
+        raise ValueError(f"drop_connect_rate must be in [0, 1), got {out['drop_connect_rate']}")
     if "dropout_rate" in out and not 0.0 <= float(out["dropout_rate"]) < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {out['dropout_rate']}")
     return out

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-HEADS = {"alexnet": "Dense_2", "vgg": "Dense_2", "resnet": "fc"}  # the layer a new task replaces
-STEMS = {"alexnet": "Conv_0", "vgg": "Conv_0", "resnet": "conv1"}  # the layer that sees the pixels
+from .lite_layout import efficientnet_names
+
+HEADS = {"alexnet": "Dense_2", "vgg": "Dense_2", "resnet": "fc", "efficientnet": "fc"}  # what a new task replaces
+STEMS = {"alexnet": "Conv_0", "vgg": "Conv_0", "resnet": "conv1", "efficientnet": "stem/conv"}  # sees the pixels
 POOLED = {"alexnet": (6, 6), "vgg": (7, 7)}  # the adaptive pooling output the first dense layer flattens
 
 
@@ -49,12 +51,13 @@ class ImportReport:
 
 
 def family(model_name: str) -> str:
-    """alexnet, vgg or resnet: the families with a torchvision layout (ImageNet weights exist for them)."""
-    for name in ("alexnet", "vgg", "resnet"):
+    """alexnet, vgg, resnet or efficientnet: the families with a PyTorch layout to import (ImageNet weights exist
+    for them)."""
+    for name in ("alexnet", "vgg", "resnet", "efficientnet"):
         if model_name.startswith(name):
             return name
-    raise ValueError(f"{model_name} has no torchvision layout to import weights into; pretrained weights exist "
-                     "for alexnet, vgg11–19 (and _bn) and resnet18–152")
+    raise ValueError(f"{model_name} has no PyTorch layout to import weights into; pretrained weights exist "
+                     "for alexnet, vgg11–19 (and _bn), resnet18–152 and efficientnet_lite0–4")
 
 
 def _sequential(state: Mapping[str, np.ndarray], prefix: str) -> list[int]:
@@ -112,8 +115,15 @@ def import_state(model_name: str, variables: Mapping[str, Any], state: Mapping[s
     fam = family(model_name)
     state = {k: np.asarray(v) for k, v in state.items()}
     params, stats = variables["params"], variables.get("batch_stats", {})
-    names = ({p: _resnet_torch_name(p) for p in _layer_paths(params)} if fam == "resnet"
-             else _positional(model_name, params, state))
+    if fam == "resnet":
+        names = {p: _resnet_torch_name(p) for p in _layer_paths(params)}
+    elif fam == "efficientnet":
+        try:
+            names = efficientnet_names(model_name, _layer_paths(params), state)
+        except (KeyError, ValueError) as e:
+            raise ImportMismatch(f"not a {model_name} state dict: {e}") from None
+    else:
+        names = _positional(model_name, params, state)
     report = ImportReport()
     new_params, new_stats, used = {}, {}, set()
     for path, torch_name in names.items():
