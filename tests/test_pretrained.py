@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hubserver import HubFile, HubServer
 from PIL import Image
 from torch_reference import randomize_batchnorm, torchvision
 
@@ -169,7 +171,7 @@ def test_a_state_dict_of_another_model_is_refused_naming_the_tensor(tmp_path):
 
 class _Server:
     """A local HTTP server: path → (body, extra headers), or path → a redirect (status 302, its Location and
-    headers, as the Hugging Face hub answers), counting the requests it answers."""
+    headers), counting the requests it answers (torchvision's files and plain URLs; the hub is hubserver.py)."""
 
     def __init__(self):
         self.files: dict[str, tuple[bytes, dict[str, str]]] = {}
@@ -241,20 +243,12 @@ def test_a_download_with_the_right_hash_is_cached_and_not_fetched_again(server, 
     assert other.read_bytes() == body and more.read_bytes() == body + b"!"  # same file name, two cache entries
 
 
-def test_the_hubs_hash_is_read_from_its_redirect_to_the_cdn(server, tmp_path):
-    body = b"safetensors bytes " * 500
-    server.redirects["/timm/net/resolve/main/model.safetensors"] = (
-        f"{server.url}/cdn/abc", {"X-Linked-Etag": f'"{hashlib.sha256(body).hexdigest()}"'})
-    server.files["/cdn/abc"] = (body, {})  # the CDN's answer carries no hash, as on the real hub
-    assert download(f"{HUGGINGFACE}timm/net/resolve/main/model.safetensors").read_bytes() == body
-    server.redirects["/timm/bad/resolve/main/model.safetensors"] = (f"{server.url}/cdn/abc",
-                                                                    {"X-Linked-Etag": f'"{"2" * 64}"'})
-    with pytest.raises(WeightsError, match="not the published"):
-        download(f"{HUGGINGFACE}timm/bad/resolve/main/model.safetensors")
-    server.redirects["/timm/none/resolve/main/model.safetensors"] = (f"{server.url}/cdn/abc", {})
-    with pytest.raises(WeightsError, match="sent no SHA-256"):
-        download(f"{HUGGINGFACE}timm/none/resolve/main/model.safetensors")
-    assert len(_cache_files(tmp_path)) == 1
+def test_a_hub_url_goes_through_huggingface_hub_and_never_through_the_plain_downloader(server, tmp_path):
+    # the hub's files are fetched by hf_hub_download (tests/test_hub.py); download() refuses to fetch one itself,
+    # so that no hub file is ever kept unverified in jaxnets' own cache
+    with pytest.raises(WeightsError, match="huggingface_hub"):
+        download(f"{HUGGINGFACE}timm/net/resolve/main/model.safetensors")
+    assert server.requests == [] and _cache_files(tmp_path) == []
 
 
 @pytest.mark.parametrize("how", ["file_name", "fragment", "no_hash", "digits_elsewhere"])
@@ -277,11 +271,17 @@ def test_a_download_with_a_wrong_or_missing_hash_is_refused_and_nothing_is_kept(
 def test_catalogue_names_download_from_their_official_paths_through_a_mirror(server, tmp_path):
     reference = _torch_model("resnet18", seed=2)
     body = _save(reference, tmp_path / "w.safetensors").read_bytes()
-    digest = hashlib.sha256(body).hexdigest()
-    server.redirects["/timm/resnet18.a1_in1k/resolve/main/model.safetensors"] = (
-        "/cdn/r18", {"X-Linked-Etag": f'"{digest}"'})
-    server.files["/cdn/r18"] = (body, {})
-    out = convert("timm:resnet18.a1_in1k", None, tmp_path / "converted")
+    hub = HubServer()  # timm's files come through huggingface_hub, from HF_ENDPOINT, into HF_HOME
+    try:
+        hub.files["timm/resnet18.a1_in1k/resolve/main/model.safetensors"] = HubFile(body)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("HF_")}, "HF_ENDPOINT": hub.url,
+               "HF_HOME": str(tmp_path / "hf")}
+        made = subprocess.run([sys.executable, "-m", "jaxnets", "convert", "--from", "timm:resnet18.a1_in1k",
+                               "--out", str(tmp_path / "converted")], capture_output=True, text=True, env=env)
+        assert made.returncode == 0, made.stderr
+    finally:
+        hub.close()
+    out = tmp_path / "converted"
     card = json.loads((out / "checkpoints" / "model_card.json").read_text())
     assert card["model"] == "resnet18" and card["preprocess"]["crop_pct"] == 0.95 and card["classes"][0] == "tench"
     x = _torchvision_normalised(_pixels(1, 64))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..extras import require
 from .dataset import Dataset, Splits, split_dataset, stratified_split
 from .folders import (  # noqa: F401  (re-exported)
     IGNORED_NAMES,
@@ -76,13 +77,22 @@ def idx_folder(root: str | Path, classes: Sequence[str] | None = None) -> tuple[
 
 # ---------------------------------------------------------------------------------------------- digits, arrays
 
+DIGITS_FILE = Path(__file__).with_name("digits.csv.gz")  # scikit-learn's file, BSD: DIGITS_LICENSE.txt
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images float64 1797×8×8 in 0..16, labels int64): what `sklearn.datasets.load_digits()` returns as
+    `.images` and `.target`, read from the same file, embedded (no scikit-learn needed)."""
+    with gzip.open(DIGITS_FILE, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
 def digits() -> Dataset:
     """The 1,797 real 8×8 handwritten digits scikit-learn ships: the embedded default, no download."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    return Dataset([str(i) for i in range(10)], images, d.target, name="digits")
+    images, labels = digits_arrays()
+    images = np.clip(np.rint(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    return Dataset([str(i) for i in range(10)], images, labels, name="digits")
 
 
 def from_arrays(images: np.ndarray, labels: np.ndarray, classes: Sequence[str] | None = None) -> Dataset:
@@ -96,8 +106,9 @@ def from_arrays(images: np.ndarray, labels: np.ndarray, classes: Sequence[str] |
 
 def tfds_splits(name: str, data_dir: str | None = None) -> dict[str, Dataset]:
     """A prepared TFDS dataset: through `tfds.data_source` (array_record, no TensorFlow needed), or
-    `tfds.load` when TensorFlow is importable. Raises one clear error saying how to prepare it."""
-    import tensorflow_datasets as tfds
+    `tfds.load` when TensorFlow is importable. Raises one clear error saying how to prepare it (MissingExtra
+    naming `pip install 'jaxnets[tfds]'` without tensorflow-datasets)."""
+    tfds = require("tfds", "tensorflow_datasets")
 
     hint = (
         f"TFDS dataset {name!r} is not prepared{f' in {data_dir}' if data_dir else ''}. Prepare it once where "

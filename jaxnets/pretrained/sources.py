@@ -1,11 +1,16 @@
 """Where pretrained weights come from: a local file, a URL, or a name from torchvision's or timm's catalogue.
 
-A name (`torchvision:resnet18`, `torchvision:resnet50.IMAGENET1K_V1`, `timm:resnet50.a1_in1k`) or a URL is
-downloaded once into the user's cache and checked against its published hash before it is used; a file that
-does not match is never kept. torchvision publishes the first hex digits of each file's SHA-256 in its name
-(`resnet18-f37072fd.pth`); the Hugging Face hub that hosts timm's files sends the full SHA-256 of a large file
-in the `X-Linked-Etag` header of its redirect to the CDN; any other URL must carry `#sha256=<hex>` and is refused
-before anything is downloaded without it. Cached files are named by a digest of their URL and their file name.
+`timm:` names (`timm:resnet50.a1_in1k`) and Hugging Face hub URLs (`https://huggingface.co/REPO/resolve/REV/FILE`)
+are fetched with huggingface_hub's `hf_hub_download` (the [pretrained] extra), so they live in the Hugging Face
+cache that timm users already have, and HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and tokens (HF_TOKEN,
+`hf auth login`) work as the user set them. A hub file kept by git-lfs is named by its SHA-256 in that cache: it is
+checked against it each time it is used.
+
+torchvision names (`torchvision:resnet18`, `torchvision:resnet50.IMAGENET1K_V1`) and other URLs are downloaded
+once into jaxnets' own cache and checked against their published hash before they are used; a file that does not
+match is never kept. torchvision publishes the first hex digits of each file's SHA-256 in its name
+(`resnet18-f37072fd.pth`); any other URL must carry `#sha256=<hex>` and is refused before anything is downloaded
+without it. Cached files are named by a digest of their URL and their file name.
 
 `.safetensors` files are read with the safetensors package (no torch needed); `.pth`/`.pt` files only with
 `torch.load(weights_only=True)`, never with plain pickle, which could run code from the file.
@@ -24,12 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..extras import MissingExtra, require
 from ..integrity import sha256_file
 
 TORCHVISION = "https://download.pytorch.org/models/"
 HUGGINGFACE = "https://huggingface.co/"
-MIRROR_ENV = "JAXNETS_WEIGHTS_MIRROR"  # scheme://host[:port] serving the same paths (a company mirror)
+MIRROR_ENV = "JAXNETS_WEIGHTS_MIRROR"  # scheme://host[:port] serving torchvision's paths (a company mirror)
 CACHE_ENV = "JAXNETS_CACHE"
+# a hub URL: https://huggingface.co/OWNER/NAME/resolve/REVISION/FILE (the hub's own endpoint, or HF_ENDPOINT's)
+_HUB_URL = re.compile(r"^https://huggingface\.co/(?P<repo>[\w.-]+/[\w.-]+)/resolve/(?P<revision>[\w.-]+)/"
+                      r"(?P<file>[\w.-]+(?:/[\w.-]+)*)$")
 
 # torchvision's ImageNet weights for the models jaxnets has (file names as published; the 8 hex digits are
 # the start of the file's SHA-256). The first of each model is the default, torchvision's own DEFAULT.
@@ -87,7 +96,7 @@ def resolve(source: str) -> Weights:
     if source.startswith("timm:"):
         return _timm(source.removeprefix("timm:"))
     if re.match(r"^https?://", source):
-        return Weights(download(source))
+        return Weights(hub_download(*hub) if (hub := _hub_parts(source)) else download(source))
     path = Path(source).expanduser()
     if not path.exists():
         raise WeightsError(f"{source}: no such file, and not a name (torchvision:MODEL, timm:MODEL.TAG) or a URL")
@@ -116,10 +125,56 @@ def _timm(name: str) -> Weights:
                            "torchvision's), named MODEL.TAG, e.g. timm:resnet50.a1_in1k")
     if not tag:
         raise WeightsError(f"timm:{name} needs a pretrained tag, e.g. timm:{model}.a1_in1k")
-    url = f"{HUGGINGFACE}timm/{model}.{tag}/resolve/main/model.safetensors"
     crop_pct = 0.95 if re.match(r"a[123]h?_", tag) else 0.875  # timm's own evaluation crops for these tags
-    return Weights(download(url, cache_name=f"timm-{model}.{tag}.safetensors"), model, crop_pct,
+    return Weights(hub_download(f"timm/{model}.{tag}", "model.safetensors"), model, crop_pct,
                    imagenet=tag.endswith("in1k"))
+
+
+def _hub_parts(url: str) -> tuple[str, str, str, str | None] | None:
+    """(repo, file, revision, #sha256 or None) of a Hugging Face hub URL, else None."""
+    parts = urllib.parse.urlsplit(url)
+    match = _HUB_URL.match(urllib.parse.urlunsplit(parts._replace(fragment="")))
+    if match is None:
+        return None
+    expected = _expected_hash(url) if parts.fragment else None
+    return match["repo"], match["file"], match["revision"], expected
+
+
+def hub_download(repo: str, filename: str, revision: str = "main", expected: str | None = None) -> Path:
+    """A file of a Hugging Face hub repository through `huggingface_hub.hf_hub_download` (its cache, offline mode,
+    endpoint and token, as the user set them), checked against the SHA-256 the hub names it by (git-lfs files) and
+    against `expected` when given. WeightsError in one line when it cannot be had."""
+    try:
+        hub = require("pretrained", "huggingface_hub", "timm: names and Hugging Face hub URLs")
+    except MissingExtra as e:
+        raise WeightsError(str(e)) from None
+    from huggingface_hub import errors
+    try:
+        path = Path(hub.hf_hub_download(repo, filename, revision=revision, library_name="jaxnets"))
+    except errors.LocalEntryNotFoundError as e:  # offline (HF_HUB_OFFLINE, no network) and not in the cache
+        raise WeightsError(f"{repo}/{filename} is not in the Hugging Face cache and cannot be downloaded now "
+                           f"({_first_line(e)})") from None
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.EntryNotFoundError) as e:
+        raise WeightsError(f"the Hugging Face hub has no {repo}/{filename} at {revision} ({type(e).__name__})"
+                           ) from None
+    except (errors.HfHubHTTPError, OSError, ValueError) as e:
+        raise WeightsError(f"cannot download {repo}/{filename} from the Hugging Face hub: {_first_line(e)}"
+                           ) from None
+    published = path.resolve().name  # the cache keeps a git-lfs file as blobs/<its SHA-256>
+    digest = None
+    for want in (published if re.fullmatch(r"[0-9a-f]{64}", published) else None, expected):
+        if want is None:
+            continue
+        digest = digest or sha256_file(path)
+        if not digest.startswith(want):
+            raise WeightsError(f"{path.resolve()} ({repo}/{filename} in the Hugging Face cache) has SHA-256 "
+                               f"{digest}, not {want}: a damaged or substituted file; delete it to download it again")
+    return path
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _mirrored(url: str) -> str:
@@ -132,8 +187,8 @@ def _mirrored(url: str) -> str:
 
 def _expected_hash(url: str) -> str | None:
     """The SHA-256 (or its start) the URL's publisher gives before anything is downloaded: `#sha256=<hex>`, or
-    the hex digits torchvision puts in its file names (on its own server only). None for the Hugging Face hub,
-    which sends it with the file; any other URL without one is refused."""
+    the hex digits torchvision puts in its file names (on its own server only); a Hugging Face hub URL (whose
+    files the hub names by their SHA-256) needs none. Any other URL without one is refused."""
     parts = urllib.parse.urlsplit(url)
     if parts.fragment.startswith("sha256="):
         digest = parts.fragment.removeprefix("sha256=").lower()
@@ -144,7 +199,7 @@ def _expected_hash(url: str) -> str | None:
         match = re.search(r"-([0-9a-f]{8,64})\.(pth|pt)$", Path(parts.path).name)
         if match:
             return match.group(1)
-    if url.startswith(HUGGINGFACE):
+    if _HUB_URL.match(urllib.parse.urlunsplit(parts._replace(fragment=""))):
         return None
     raise WeightsError(f"{urllib.parse.urlunsplit(parts._replace(fragment=''))} publishes no hash to check the file "
                        "against: add #sha256=<its SHA-256> to the URL")
@@ -163,16 +218,18 @@ def cached_path(url: str, name: str) -> Path:
 
 
 def download(url: str, cache_name: str | None = None, timeout: float = 60.0) -> Path:
-    """The cached file of `url`, downloading it first if it is not there yet; its SHA-256 must match the
-    published one, else nothing is kept and WeightsError says so."""
+    """The cached file of `url` (not a hub URL: those go through `hub_download`), downloading it first if it is
+    not there yet; its SHA-256 must match the published one, else nothing is kept and WeightsError says so."""
     parts = urllib.parse.urlsplit(url)
     name = cache_name or Path(parts.path).name
     if not re.fullmatch(r"[\w.+-]+", name) or name.startswith("."):
         raise WeightsError(f"{url}: cannot tell a file name from this URL")
     expected = _expected_hash(url)
+    if expected is None:  # a hub URL: the hub's client and cache, not this one
+        raise WeightsError(f"{url}: a Hugging Face hub file; resolve() fetches it with huggingface_hub")
     target = cached_path(url, name)
     if target.is_file() and not target.is_symlink():  # verified when downloaded; checked again where it can be
-        if expected and not sha256_file(target).startswith(expected):
+        if not sha256_file(target).startswith(expected):
             raise WeightsError(f"{target} (the cached {url}) does not match its published SHA-256 {expected}: "
                                "delete it to download it again")
         return target
@@ -180,11 +237,7 @@ def download(url: str, cache_name: str | None = None, timeout: float = 60.0) -> 
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
-        digest, published = _fetch(fetch, partial, timeout)
-        expected = expected or published
-        if expected is None:
-            raise WeightsError(f"{fetch} sent no SHA-256 (X-Linked-Etag) with the file: it cannot be verified, "
-                               "not kept; pass the URL with #sha256=<its SHA-256>")
+        digest = _fetch(fetch, partial, timeout)
         if not digest.startswith(expected):
             raise WeightsError(f"{fetch}: the downloaded file's SHA-256 is {digest}, not the published "
                                f"{expected}: a damaged or substituted file, not kept")
@@ -194,41 +247,14 @@ def download(url: str, cache_name: str | None = None, timeout: float = 60.0) -> 
     return target
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # the 3xx itself comes back: the hub puts the file's SHA-256 on it, not on the CDN's answer
-
-
-def _open(url: str, timeout: float):
-    """(response, the SHA-256 published in X-Linked-Etag or None). The first answer is read without following a
-    redirect, because the Hugging Face hub sends the hash on its 302 to the CDN that serves the bytes."""
-    request = urllib.request.Request(url, headers={"User-Agent": "jaxnets"})
-    try:
-        response = urllib.request.build_opener(_NoRedirect).open(request, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code not in (301, 302, 303, 307, 308) or not e.headers.get("Location"):
-            raise
-        etag = _etag(e.headers)
-        e.close()
-        location = urllib.parse.urljoin(url, e.headers["Location"])
-        response = urllib.request.urlopen(urllib.request.Request(location, headers={"User-Agent": "jaxnets"}),
-                                          timeout=timeout)
-        return response, etag or _etag(response.headers)
-    return response, _etag(response.headers)
-
-
-def _etag(headers) -> str | None:
-    value = (headers.get("X-Linked-Etag") or "").strip().removeprefix("W/").strip('"').lower()
-    return value if re.fullmatch(r"[0-9a-f]{64}", value) else None
-
-
-def _fetch(url: str, partial: Path, timeout: float) -> tuple[str, str | None]:
-    """Stream `url` into `partial`: (its SHA-256, the SHA-256 the server publishes or None)."""
+def _fetch(url: str, partial: Path, timeout: float) -> str:
+    """Stream `url` into `partial` (redirects followed): its SHA-256."""
     from tqdm import tqdm
 
     digest = hashlib.sha256()
     try:
-        response, published = _open(url, timeout)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "jaxnets"}),
+                                          timeout=timeout)
         with response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=partial.name[1:].split(".")[0],
@@ -242,7 +268,7 @@ def _fetch(url: str, partial: Path, timeout: float) -> tuple[str, str | None]:
     except (urllib.error.URLError, TimeoutError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise WeightsError(f"cannot download {url}: {reason}") from None
-    return digest.hexdigest(), published
+    return digest.hexdigest()
 
 
 def read_state(path: Path) -> dict[str, np.ndarray]:
@@ -265,10 +291,11 @@ def read_state(path: Path) -> dict[str, np.ndarray]:
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-    except ImportError:
-        raise WeightsError(f"reading {path.name} needs the safetensors package: pip install safetensors") from None
+        load_file = require("pretrained", "safetensors.numpy", f"reading {path.name}").load_file
+    except MissingExtra as e:  # the one line naming `pip install 'jaxnets[pretrained]'`
+        raise WeightsError(str(e)) from None
+    from safetensors import SafetensorError
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

@@ -21,10 +21,13 @@ def history_csv(history: list[dict[str, float]], fields: Sequence[str]) -> str:
 
 
 def curves_png(history: list[dict[str, float]]) -> bytes:
-    """Loss and accuracy per epoch, train and validation: the classic course plots."""
-    from matplotlib.ticker import MaxNLocator
+    """Loss and accuracy per epoch, train and validation: the classic course plots (without matplotlib, the
+    [report] extra, a small picture saying so: training still writes its curves.png)."""
+    from .figures import NO_FIGURES, figure_png, has_figures, note_png, pyplot
 
-    from .figures import figure_png, pyplot
+    if not has_figures():
+        return note_png(NO_FIGURES)
+    from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
 

@@ -45,7 +45,10 @@ class Board:
         self.writer.flush()
 
     def confusion(self, matrix: np.ndarray, classes: list[str], epoch: int) -> None:
-        from .figures import confusion_figure  # the report's figure: one heatmap for both
+        from .figures import confusion_figure, has_figures  # the report's figure: one heatmap for both
+
+        if not has_figures():  # the scalars are written; the image needs matplotlib (the [report] extra)
+            return
 
         self.writer.add_figure("test/confusion_matrix", confusion_figure(matrix, classes), epoch, close=True)
         self.writer.flush()

@@ -8,7 +8,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["confusion_figure", "confusion_png", "figure_png", "grid_png", "image_png", "pyplot"]
+from ..extras import available, require
+
+__all__ = ["NO_FIGURES", "confusion_figure", "confusion_png", "figure_png", "grid_png", "has_figures", "image_png",
+           "note_png", "pyplot"]
 
 
 class _Figures:
@@ -32,8 +35,28 @@ class _Figures:
 
 def pyplot() -> _Figures:
     """`subplots` and `close` as pyplot has them, without pyplot (see `_Figures`): matplotlib is imported on first
-    use, and no process-wide backend is set."""
+    use, and no process-wide backend is set. MissingExtra naming `pip install 'jaxnets[report]'` without it."""
+    require("report", "matplotlib")
     return _Figures()
+
+
+def has_figures() -> bool:
+    """Whether the figures can be drawn (matplotlib, the [report] extra, is installed)."""
+    return available("matplotlib")
+
+
+NO_FIGURES = "figure not drawn: matplotlib is not installed (pip install 'jaxnets[report]')"
+
+
+def note_png(text: str, size: tuple[int, int] = (560, 60)) -> bytes:
+    """A small PNG that says `text`: what stands in a report for a figure that could not be drawn."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, (250, 250, 250))
+    ImageDraw.Draw(image).text((10, size[1] // 2 - 6), text, fill=(60, 60, 60))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 def figure_png(fig) -> bytes:
@@ -63,7 +86,9 @@ def image_png(pixels: np.ndarray, at_least: int = 112) -> bytes:
 
 
 def confusion_png(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
-    """`confusion_figure` as PNG bytes."""
+    """`confusion_figure` as PNG bytes (a note saying why, without matplotlib)."""
+    if not has_figures():
+        return note_png(NO_FIGURES)
     return figure_png(confusion_figure(confusion, classes))
 
 
@@ -94,7 +119,10 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str]):
 
 
 def grid_png(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 8) -> bytes:
-    """Images (uint8 H×W×C) in a grid, each with its title: the top-losses figure saved beside the report."""
+    """Images (uint8 H×W×C) in a grid, each with its title: the top-losses figure saved beside the report (a note
+    saying why, without matplotlib)."""
+    if not has_figures():
+        return note_png(NO_FIGURES)
     plt = pyplot()
     n = max(1, len(images))
     rows = -(-n // columns)

@@ -18,7 +18,9 @@ def package_checkpoint(checkpoint: str | Path, name: str = DEFAULT_NAME, which: 
     The step is verified against its checksums first (a damaged checkpoint never reaches the store), and
     copied without following links (verification refuses them; `symlinks=True` keeps a link a link even if
     one appeared in between)."""
-    import bentoml
+    from ..extras import require
+
+    bentoml = require("serve", "bentoml")
 
     from ..checkpoint import Checkpoints  # orbax, JAX: imported here, so the service's front never loads them
     from ..inference.predictor import verified_step
