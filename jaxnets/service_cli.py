@@ -50,6 +50,9 @@ def serve_command(host: str, port: int) -> list[str]:
 
 
 def _serve(args) -> int:
+    from .extras import require
+
+    require("serve", "bentoml")  # one line naming `pip install 'jaxnets[serve]'`, before any server starts
     env = dict(os.environ)
     if args.model_tag:
         env["JAXNETS_MODEL_TAG"] = args.model_tag
