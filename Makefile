@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# a pip constraints file for the dev install (CI passes .ci/floors.txt: the floors of pyproject.toml, pinned)
+CONSTRAINTS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint demo bench bento clean
@@ -13,7 +15,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install jaxnets with its dev tools
