@@ -486,7 +486,7 @@ def test_a_model_card_edited_in_the_store_stops_start_up(models, tmp_path):
         code = proc.wait(timeout=120)
         text = log.read_text(errors="replace")
         assert code != 0, text[-2000:]
-        line = next(x for x in text.splitlines() if x.startswith("jaxnets: model"))
+        line = next(x for x in text.splitlines() if "jaxnets: model" in x)
         assert "model_card.json differs from the card packaged with the model" in line
         assert "Traceback" not in text  # the one line says it all
         assert _port_free(port)
@@ -507,7 +507,7 @@ def test_a_model_damaged_in_the_store_stops_start_up_naming_the_file(models, tmp
         code = proc.wait(timeout=120)
         text = log.read_text(errors="replace")
         assert code != 0, text[-2000:]
-        line = next(x for x in text.splitlines() if x.startswith("jaxnets: model"))
+        line = next(x for x in text.splitlines() if "jaxnets: model" in x)
         assert "damaged" in line and array_file.name in line and "corrupted" in line
         assert "Traceback" not in text
         assert _port_free(port)

@@ -10,7 +10,10 @@ once. So the front door decides everything about a request to an API route befor
 * the body: multipart/form-data only (415 otherwise), read within a deadline (408) and a size limit (413),
   parsed strictly as it arrives (400 for anything malformed, ambiguous or not what the route takes), with
   limits on parts, part headers and file names. Every file field must be a real file part, so no string
-  ever reaches BentoML's string-to-file coercion.
+  ever reaches BentoML's string-to-file coercion. A route whose FormSpec says `raw` also takes one image as
+  the whole body (Content-Type image/png, image/jpeg, ...; its text fields in the query string): read under
+  the same deadline, size limit and slots, refused when empty or not beginning as its type says, and turned
+  into the very parts the form would give, so both are answered by the same code.
 * what BentoML gets: a freshly written multipart body holding only the validated parts, never the client's.
 * how many: at most `max_uploads` API requests are read or processed at once; the next ones wait up to
   `queue_timeout_s`, then get 503, so memory is bounded by about max_uploads × max_request_bytes.
@@ -38,7 +41,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .multipart import FormSpec, Limits, Part, Refusal, StrictForm, canonical_body, request_boundary, text
+from .multipart import (
+    FormSpec,
+    Limits,
+    Part,
+    Refusal,
+    StrictForm,
+    canonical_body,
+    query_parts,
+    raw_image_part,
+    request_format,
+    text,
+)
 
 log = logging.getLogger("jaxnets.service")
 access = logging.getLogger("bentoml.access")  # BentoML configures it: our lines appear beside its own
@@ -195,8 +209,10 @@ class FrontDoor:
         if method != "POST":
             return await reply(send, 405, f"{path} answers POST only", [(b"allow", b"POST")])
         try:
-            boundary = request_boundary(scope.get("headers") or [])
+            kind, framing = request_format(scope.get("headers") or [], spec)
             self._check_length(scope.get("headers") or [])
+            fields = query_parts(scope.get("query_string") or b"", spec, self.limits.max_text_field_bytes) \
+                if kind == "raw" else []
         except Refusal as r:
             return await reply(send, r.status, r.message, r.headers)
         if not await self._take_slot():
@@ -204,7 +220,8 @@ class FrontDoor:
                                           "shortly", [(b"retry-after", b"1")])
         try:
             try:
-                parts = await self._read_form(spec, boundary, receive)
+                parts = await (self._read_form(spec, framing, receive) if kind == "multipart"  # type: ignore[arg-type]
+                               else self._read_raw(spec, framing, fields, receive))  # type: ignore[arg-type]
             except Refusal as r:  # refused mid-body: the rest of it is not read, so the connection cannot go on
                 return await reply(send, r.status, r.message, [*r.headers, (b"connection", b"close")])
             if parts is None:
@@ -247,11 +264,25 @@ class FrontDoor:
             return False
 
     async def _read_form(self, spec: FormSpec, boundary: bytes, receive: Receive) -> list[Part] | None:
-        """Read and check the body as it arrives (None: the client left); 408 when it is not all there within
-        `read_timeout_s`."""
+        """Read and check a multipart body as it arrives (None: the client left)."""
+        form = StrictForm(spec, boundary, self.limits)
+        return form.finish() if await self._receive_body(receive, form.feed) else None
+
+    async def _read_raw(self, spec: FormSpec, image_type: str, fields: list[Part],
+                        receive: Receive) -> list[Part] | None:
+        """Read a raw image body (None: the client left): the same parts a form with that one file would give, so
+        it is answered exactly as the form is."""
+        body = bytearray()
+        if not await self._receive_body(receive, body.extend):
+            return None
+        return [raw_image_part(spec, image_type, bytes(body)), *fields]
+
+    async def _receive_body(self, receive: Receive, feed: Callable[[bytes], Any]) -> bool:
+        """Hand the body to `feed` as it arrives, within `max_request_bytes` (413) and `read_timeout_s` (408);
+        False when the client went away."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.read_timeout_s
-        form, size = StrictForm(spec, boundary, self.limits), 0
+        size = 0
         while True:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
@@ -259,15 +290,14 @@ class FrontDoor:
                 raise Refusal(408, f"request body not received within {self.limits.read_timeout_s:g} s "
                                    "(JAXNETS_READ_TIMEOUT_S)") from None
             if message["type"] != "http.request":
-                return None
+                return False
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limits.max_request_bytes:
                 raise Refusal(413, f"request is {self._too_big}")
-            form.feed(chunk)
+            feed(chunk)
             if not message.get("more_body"):
-                break
-        return form.finish()
+                return True
 
 
 async def answer_directly(handler: DirectHandler, parts: list[Part], send: Send, scope: Scope) -> None:

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser
@@ -91,6 +92,8 @@ class FormSpec:
     # text fields BentoML must receive as strings: it JSON-decodes form values, so a class named "3" would
     # arrive as the number 3; these are handed over JSON-encoded
     string_fields: frozenset[str] = frozenset()
+    # the route also takes one image as the whole body (Content-Type: image/...), its text fields in the query
+    raw: bool = False
 
     @property
     def max_parts(self) -> int:
@@ -134,14 +137,17 @@ def parse_header_value(value: str) -> tuple[str, dict[str, str]]:
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=?-]{1,70}|[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")
 
 
-def request_boundary(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The multipart boundary of a request, after checking its framing headers (415/400 otherwise)."""
+def request_format(headers: list[tuple[bytes, bytes]], spec: FormSpec) -> tuple[str, bytes | str]:
+    """("multipart", boundary) or, for a route that takes a raw image body, ("raw", image type), after
+    checking the request's framing headers (415/400 otherwise)."""
     seen: dict[bytes, list[bytes]] = {}
     for name, value in headers:
         seen.setdefault(name.lower(), []).append(value)
     for name in (b"content-type", b"content-length", b"transfer-encoding", b"content-encoding"):
         if len(seen.get(name, [])) > 1:
             raise Refusal(400, f"the request has {len(seen[name])} {name.decode()} headers")
+    if b"content-length" in seen and b"transfer-encoding" in seen:  # RFC 9112 6.1: how requests are smuggled
+        raise Refusal(400, "the request has both content-length and transfer-encoding headers")
     encoding = seen.get(b"content-encoding", [b"identity"])[0].strip().lower()
     if encoding not in (b"identity", b""):
         raise Refusal(415, f"content-encoding {encoding.decode('latin-1')!r} is not accepted; send the bytes as is")
@@ -150,13 +156,71 @@ def request_boundary(headers: list[tuple[bytes, bytes]]) -> bytes:
         kind, params = parse_header_value(ctype)
     except ValueError:
         kind, params = "", {}
+    if spec.raw and kind.startswith("image/"):
+        return "raw", _image_type(kind, ctype)
     if kind != "multipart/form-data":
         got = f"content-type {ctype[:60]!r}" if ctype else "no content-type"
-        raise Refusal(415, f"{got}: send the image(s) as multipart/form-data")
+        raw = f", or one image as the body with content-type {', '.join(IMAGE_TYPES)}" if spec.raw else ""
+        raise Refusal(415, f"{got}: send the image(s) as multipart/form-data{raw}")
     boundary = params.get("boundary", "")
     if not _BOUNDARY.fullmatch(boundary):
         raise Refusal(400, "multipart/form-data without a valid boundary parameter in its content-type")
-    return boundary.encode("latin-1")
+    return "multipart", boundary.encode("latin-1")
+
+
+# ------------------------------------------------------------------------------------------------ raw bodies
+
+# the image types a raw body may declare, each with a test of how that format's bytes begin: a body that does
+# not begin as its content-type says is refused (a client whose header lies is told so, not guessed at)
+IMAGE_TYPES: dict[str, Callable[[bytes], bool]] = {
+    "image/png": lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"),
+    "image/jpeg": lambda b: b.startswith(b"\xff\xd8\xff"),
+    "image/webp": lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP",
+    "image/gif": lambda b: b[:6] in (b"GIF87a", b"GIF89a"),
+    "image/bmp": lambda b: b.startswith(b"BM"),
+    "image/tiff": lambda b: b[:4] in (b"II*\x00", b"MM\x00*"),
+}
+_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-ms-bmp": "image/bmp"}
+
+
+def _image_type(kind: str, ctype: str) -> str:
+    kind = _ALIASES.get(kind, kind)
+    if kind not in IMAGE_TYPES:
+        raise Refusal(415, f"content-type {ctype[:60]!r} is not an image type this route takes "
+                           f"({', '.join(IMAGE_TYPES)}, or multipart/form-data)")
+    return kind
+
+
+def raw_image_part(spec: FormSpec, image_type: str, body: bytes) -> Part:
+    """A raw body as the route's file part, once it is known to begin as its declared type (400 otherwise)."""
+    if not body:
+        raise Refusal(400, f"empty body: send the {image_type} bytes as the request body")
+    if not IMAGE_TYPES[image_type](body):
+        raise Refusal(400, f"the body is not {image_type} as its content-type says (it does not begin as one)")
+    return Part(spec.file_field, "upload", image_type, bytearray(body))
+
+
+def query_parts(query: bytes, spec: FormSpec, max_bytes: int) -> list[Part]:
+    """A raw body's text fields (`?top_k=3`), checked as the form's would be: an unknown, repeated or bad
+    parameter is a 400."""
+    parts: list[Part] = []
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, strict_parsing=bool(query),
+                          encoding="utf-8", errors="strict", max_num_fields=len(spec.text_fields) + 1)
+    except ValueError as e:
+        raise Refusal(400, f"bad query string: {str(e)[:100]}") from None
+    for name, value in pairs:
+        if name not in spec.text_fields:
+            raise Refusal(400, f"unexpected query parameter {name[:40]!r}; this route takes "
+                               f"{', '.join(spec.text_fields) or 'none'} with a raw image body")
+        if any(p.name == name for p in parts):
+            raise Refusal(400, f"query parameter {name!r} given twice")
+        if len(value.encode()) > max_bytes:
+            raise Refusal(400, f"{name}: above {max_bytes} bytes")
+        if message := spec.text_fields[name](value):
+            raise Refusal(400, f"{name}: {message}")
+        parts.append(Part(name, None, None, bytearray(value.encode())))
+    return parts
 
 
 # ------------------------------------------------------------------------------------------------ the form

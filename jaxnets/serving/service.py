@@ -6,6 +6,7 @@
   The service then decodes the uploads through the checkpoint's PreprocessSpec and answers 400 with a
   message for anything that is not a usable image, before any batching. It never runs JAX, and refuses to
   return non-finite probabilities (503).
+* the model: verified against its checksums when the server starts, never at import (VerifiedModel).
 * `JaxnetsModel`: one `batchable` API over the jitted forward function, so concurrent requests (single and
   batch alike) are merged by BentoML's adaptive batching into one padded, precompiled batch. Every bucket
   is compiled in `__init__`, before the service reports ready, and a model whose warm-up output is not
@@ -38,7 +39,7 @@ from typing import Any
 import aiohttp
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import BentoMLException, InvalidArgument
 from PIL import Image
 
 from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageError, to_pixels
@@ -70,7 +71,7 @@ DECODE_INLINE_PIXELS = 256 * 256
 
 # what each API route takes; the front door refuses anything else before BentoML parses it
 FORMS = {
-    "/predict": FormSpec("image", text_fields={"top_k": positive_int}),
+    "/predict": FormSpec("image", text_fields={"top_k": positive_int}, raw=True),
     "/predict_batch": FormSpec("images", max_files=MAX_BATCH_FILES, text_fields={"top_k": positive_int}),
     "/explain": FormSpec("image", text_fields={"class_name": short_text}, string_fields=frozenset({"class_name"})),
 }
@@ -80,24 +81,48 @@ PAGES = {"/": Page((Path(__file__).parent / "page.html").read_bytes())}
 DIRECT_ROUTES: dict[str, DirectHandler] = {}
 
 
-def _load_model_ref():
-    """The packaged model, its files verified against their checksums before any worker starts: a damaged
-    or tampered model stops `bentoml serve` at import, with one line naming the file."""
+class ModelUnavailable(BentoMLException):
+    """The packaged model cannot be served: missing from the store, or damaged. A BentoMLException, so that
+    `bentoml serve` (and `jaxnets serve` through it) shows its one line, without a traceback, and exits 1."""
+
+
+def verified_model(tag: str) -> Any:
+    """The stored model `tag`, its files verified against their checksums (ModelUnavailable otherwise)."""
     try:
-        model = bentoml.models.get(MODEL_TAG)  # BentoModel() alone resolves lazily; fail here, with a hint
+        model = bentoml.models.get(tag)
     except Exception as e:  # the server must not start half-working: say what is missing and how to fix it
-        print(f"jaxnets: cannot load model {MODEL_TAG!r} from the BentoML store ({e}). Package one with "
-              "`jaxnets package --checkpoint RUN_DIR`, or set JAXNETS_MODEL_TAG.", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None  # the line above says it all: no traceback after it
+        raise ModelUnavailable(f"jaxnets: cannot load model {tag!r} from the BentoML store ({e}). Package one with "
+                               "`jaxnets package --checkpoint RUN_DIR`, or set JAXNETS_MODEL_TAG.") from None
     try:
         verify_packaged(model.path, read_card(model.path).packaged_step)
     except (CheckpointError, OSError) as e:
-        print(f"jaxnets: model {MODEL_TAG!r} is damaged, not serving it: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    return bentoml.models.BentoModel(MODEL_TAG)
+        raise ModelUnavailable(f"jaxnets: model {tag!r} is damaged, not serving it: {e}") from None
+    return model
 
 
-MODEL_REF = _load_model_ref()
+class VerifiedModel(bentoml.models.BentoModel):
+    """BentoML's reference to a stored model, resolved only once verified. Nothing happens at import: importing
+    this module without a packaged model is fine (tests, tools, `bentoml build` of another model). BentoML
+    resolves it when `bentoml serve` starts (before any worker), and each worker when it first reads it."""
+
+    def resolve(self, base_path: Any = None) -> Any:
+        if base_path is not None:  # a copy into another store (bento build): BentoML's own path
+            return super().resolve(base_path)
+        return verified_model(str(self.tag))
+
+
+MODEL_REF = VerifiedModel(MODEL_TAG)
+
+
+def _model_path(service: Any) -> str:
+    """The verified model's directory for a worker's `__init__`; a model that became unavailable after the
+    server started stops the whole server with its one line (raising alone would have the worker restarted)."""
+    try:
+        return service.model_ref.path
+    except ModelUnavailable as e:
+        print(e, file=sys.stderr, flush=True)
+        _stop_the_server(str(e))
+        raise
 
 
 class GuardedService(bentoml.Service):
@@ -225,7 +250,7 @@ class JaxnetsModel:
     def __init__(self) -> None:
         from ..inference.predictor import Predictor
 
-        self.predictor = Predictor.from_checkpoint(self.model_ref.path, which="best",
+        self.predictor = Predictor.from_checkpoint(_model_path(self), which="best",
                                                    buckets=sorted({1, 8, MAX_BATCH}))
         self.predictor.warmup()
         self._check_finite()
@@ -277,7 +302,7 @@ class JaxnetsClassifier:
     model = bentoml.depends(JaxnetsModel)
 
     def __init__(self) -> None:
-        card = read_card(self.model_ref.path)
+        card = read_card(_model_path(self))
         self.classes: list[str] = list(card.classes)
         self.spec = card.preprocess
         DIRECT_ROUTES["/predict"] = functools.partial(self._answer_direct, field="image")
