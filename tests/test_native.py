@@ -7,6 +7,7 @@ cannot run (no compiler, switched off, exported, shapes or dtypes they do not ta
 import dataclasses
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -392,7 +393,29 @@ def test_without_the_kernel_the_same_predictions_come_from_xla(setting, tmp_path
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"available": False, "used": False, "same": True}
     if setting == "no compiler" and native._cpu_has_avx512f():
         assert "not available" in done.stderr and "no C++ compiler" in done.stderr
+        # the build says so in one line: what, where, and that it failed
+        building = [line for line in done.stderr.splitlines() if line.startswith("jaxnets: building")]
+        assert len(building) == 1 and str(tmp_path / "cache") in building[0] and "failed after" in building[0]
     assert not list(Path(tmp_path / "cache").glob("native/*.so"))  # nothing half-built left behind
+
+
+def test_the_first_build_prints_one_line_saying_what_where_and_how_long(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "true")  # a "compiler" that succeeds at once (and writes nothing): only the message
+    target = native.library_path()
+    native._build_saying_so(target)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "CPU kernels" in lines[0] and str(target) in lines[0], lines
+    assert re.search(r"done in \d+\.\d s$", lines[0]), lines
+
+
+def test_the_kernels_can_be_built_ahead_of_time_and_say_why_not_where_they_cannot_run(monkeypatch, capsys):
+    monkeypatch.setenv(native.ENV, "xla")
+    assert native.main([]) == 1 and "do not run here" in capsys.readouterr().out
+    monkeypatch.delenv(native.ENV)
+    assert native.main([]) == (0 if native.available() else 1)
+    monkeypatch.setattr(native.sys, "platform", "darwin")  # macOS (and ARM): XLA's operations, said so
+    assert native.why_not() is not None and not native._cpu_has_avx512f()
 
 
 def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import pytest
 
 from jaxnets import runtime
 from jaxnets.models import create_model
-from jaxnets.runtime import cpu, host, native
+from jaxnets.models.layers import Conv, Dense
+from jaxnets.runtime import cpu, host, native, reductions
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are for XLA:CPU")
 
@@ -71,7 +72,7 @@ def test_lenet_is_plain_flax_and_its_one_channel_conv_runs_as_shifted_slices_onl
     ((2, 12, 12, 1), (3, 3, 1, 4), (1, 1), "SAME"),    # padded
 ])
 def test_other_convolutions_stay_lax_bit_for_bit(shape, kernel, strides, padding):
-    conv = nn.Conv(kernel[-1], kernel[:2], strides=strides, padding=padding)
+    conv = Conv(kernel[-1], kernel[:2], strides=strides, padding=padding)
     x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
     variables = conv.init(jax.random.PRNGKey(0), x)
     apply = lambda v, x: conv.apply(v, x)  # noqa: E731
@@ -82,7 +83,7 @@ def test_other_convolutions_stay_lax_bit_for_bit(shape, kernel, strides, padding
 @pytest.mark.parametrize("shape, kernel", [((3, 14, 14, 6), (5, 5, 6, 16)), ((2, 9, 7, 3), (3, 2, 3, 5))])
 def test_a_few_channel_convolution_has_lax_values_and_gradients(shape, kernel):
     # LeNet-5's second layer (6 → 16, 5×5) and an uneven one: the input gradient is computed as matmul + col2im
-    conv = nn.Conv(kernel[-1], kernel[:2], padding="VALID")
+    conv = Conv(kernel[-1], kernel[:2], padding="VALID")
     x = jnp.asarray(np.random.default_rng(2).normal(size=shape), jnp.float32)
     variables = conv.init(jax.random.PRNGKey(0), x)
     loss = lambda v, x: jnp.sum(jnp.sin(conv.apply(v, x)))  # noqa: E731
@@ -113,7 +114,7 @@ def test_a_few_channel_input_gradient_in_bfloat16_is_as_accurate_as_lax():
 @pytest.mark.parametrize("strides, padding", [((1, 1), [(1, 1), (1, 1)]), ((2, 2), "SAME"), ((2, 2), "VALID")])
 def test_a_wide_convolution_has_lax_values_and_gradients_from_its_stored_input(strides, padding):
     # ResNet's and VGG's convolutions (≥ 64 input channels): lax's own gradient, read from the stored input
-    conv = nn.Conv(8, (3, 3), strides=strides, padding=padding)
+    conv = Conv(8, (3, 3), strides=strides, padding=padding)
     x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 9, 9, cpu.WIDE_CHANNELS)), jnp.float32)
     variables = conv.init(jax.random.PRNGKey(0), x)
     loss = lambda v, x: jnp.sum(jnp.sin(conv.apply(v, jax.nn.relu(x) * 2)))  # noqa: E731
@@ -132,7 +133,7 @@ def test_a_convolution_bias_has_its_gradient_summed_by_channel(channels, strides
     # AlexNet's first layer: bias, ReLU, max pool — the bias gradient a channel_sum of the stored cotangent
     from jaxnets.models.layers import max_pool
 
-    conv = nn.Conv(8, (5, 5), strides=strides, padding="SAME", dtype=dtype)
+    conv = Conv(8, (5, 5), strides=strides, padding="SAME", dtype=dtype)
     x = jnp.asarray(np.random.default_rng(8).normal(size=(3, 17, 17, channels)), jnp.float32)
     variables = conv.init(jax.random.PRNGKey(0), x)
     variables = {"params": {**variables["params"], "bias": jnp.linspace(-0.5, 0.5, 8)}}
@@ -150,7 +151,7 @@ def test_a_convolution_bias_has_its_gradient_summed_by_channel(channels, strides
 
 def test_a_convolution_whose_bias_has_another_dtype_keeps_flax_promotion():
     # a hand-mixed parameter tree (bfloat16 kernel, float32 bias): Flax promotes the output to float32
-    conv = nn.Conv(4, (3, 3))
+    conv = Conv(4, (3, 3))
     x = jnp.ones((2, 6, 6, 3), jnp.bfloat16)
     params = conv.init(jax.random.PRNGKey(0), x)["params"]
     variables = {"params": {"kernel": params["kernel"].astype(jnp.bfloat16), "bias": params["bias"] + 0.5}}
@@ -160,7 +161,7 @@ def test_a_convolution_whose_bias_has_another_dtype_keeps_flax_promotion():
 
 
 def test_a_convolution_without_bias_gets_no_bias_path():
-    conv = nn.Conv(4, (3, 3), use_bias=False)
+    conv = Conv(4, (3, 3), use_bias=False)
     x = jnp.ones((2, 6, 6, 3))
     variables = conv.init(jax.random.PRNGKey(0), x)
     assert "bias_add" not in str(jax.make_jaxpr(cpu.with_cpu_kernels(conv.apply))(variables, x))
@@ -171,13 +172,13 @@ def test_a_convolution_without_bias_gets_no_bias_path():
 def test_the_stored_input_is_the_input_even_when_it_is_not_finite():
     x = jnp.asarray([[np.nan, 1.0], [np.inf, -np.inf]])
     for value in (x, x[::-1], jnp.zeros(3)):
-        np.testing.assert_array_equal(jax.jit(cpu._materialized)(value), value)
+        np.testing.assert_array_equal(jax.jit(reductions.materialized)(value), value)
 
 
 @pytest.mark.parametrize("batch_shape, dtype", [((6,), jnp.float32), ((2, 3), jnp.float32), ((6,), jnp.bfloat16)])
 def test_a_narrow_dense_layer_has_lax_values_and_gradients(batch_shape, dtype):
     # logistic regression, the shallow net: few outputs from many inputs; the kernel's gradient as gᵀ·x, transposed
-    dense = nn.Dense(cpu.NARROW_OUTPUTS, dtype=dtype)
+    dense = Dense(cpu.NARROW_OUTPUTS, dtype=dtype)
     x = jnp.asarray(np.random.default_rng(4).normal(size=(*batch_shape, cpu.NARROW_INPUTS)), jnp.float32)
     variables = dense.init(jax.random.PRNGKey(0), x)
     loss = lambda v, x: jnp.sum(jnp.sin(dense.apply(v, x)).astype(jnp.float32))  # noqa: E731
@@ -196,7 +197,7 @@ def test_a_narrow_dense_layer_has_lax_values_and_gradients(batch_shape, dtype):
                                               (cpu.NARROW_OUTPUTS, cpu.NARROW_INPUTS - 1)])
 def test_dense_layers_outside_the_narrow_shape_keep_lax_gradient(features, inputs):
     # wider layers (XLA's own product is faster there) and short inputs are left as they are
-    dense = nn.Dense(features)
+    dense = Dense(features)
     x = jnp.ones((4, inputs))
     variables = dense.init(jax.random.PRNGKey(0), x)
     loss = lambda v: jnp.sum(dense.apply(v, x))  # noqa: E731
@@ -362,7 +363,7 @@ def test_a_train_step_in_a_process_nobody_tuned_keeps_malloc_as_it_was():
 @pytest.mark.parametrize("shape", [(7, 5), (3, 4, 6), (4, 5, 6, 8)])
 def test_channel_sums_are_sums_over_every_axis_but_the_last(shape):
     v = jnp.asarray(np.random.default_rng(5).normal(size=shape), jnp.float32)
-    np.testing.assert_allclose(jax.jit(cpu.channel_sum)(v), jnp.sum(v, tuple(range(len(shape) - 1))), rtol=1e-5,
+    np.testing.assert_allclose(jax.jit(reductions.channel_sum)(v), jnp.sum(v, tuple(range(len(shape) - 1))), rtol=1e-5,
                                atol=1e-5)
 
 
@@ -402,3 +403,86 @@ def test_batch_norm_in_inference_mode_is_unchanged_by_the_cpu_pieces():
     variables = {"params": variables["params"], "batch_stats": {"mean": jnp.arange(4.0), "var": jnp.arange(1.0, 5)}}
     np.testing.assert_allclose(jax.jit(cpu.with_cpu_kernels(bn.apply))(variables, x), jax.jit(bn.apply)(variables, x),
                                rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the one extension point (issue 33, point 2)
+
+def _model_step(name, shape, train):
+    model = create_model(name, 10)
+    x = jnp.asarray(np.random.default_rng(11).normal(size=shape), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+
+    def loss(params):
+        if train:
+            logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        else:
+            logits = model.apply({**variables, "params": params}, x)
+        return jnp.sum(jnp.tanh(logits) ** 2)
+
+    return jax.value_and_grad(loss), variables["params"]
+
+
+@pytest.mark.parametrize("name, shape, train", [
+    ("lenet5", (8, 32, 32, 1), False),      # one- and few-channel convolutions, biases, dense layers
+    ("resnet18", (16, 32, 32, 3), True),    # wide convolutions, train-mode BatchNorm (16 values a channel at 1×1)
+])
+def test_a_model_computes_the_same_values_and_gradients_with_and_without_the_fast_path(name, shape, train):
+    step, params = _model_step(name, shape, train)
+    # the fast path is really taken inside runtime.jit (its custom VJPs are in the trace), and nowhere outside it
+    def custom(fun):
+        return str(jax.make_jaxpr(fun)(params)).count("custom_vjp_call[")
+
+    assert custom(cpu.with_cpu_kernels(step)) > custom(step)
+    fast, plain = runtime.jit(step)(params), jax.jit(step)(params)
+    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want))) + 1e-7)
+
+
+def test_jaxnets_layers_have_flax_variables_and_values():
+    # Conv and Dense are nn.Conv's and nn.Dense's parameters, initialisers and function: checkpoints, imported
+    # torchvision weights and parameter counts are unchanged
+    x = jnp.asarray(np.random.default_rng(12).normal(size=(2, 13, 11, 3)), jnp.float32)
+    pairs = [(Conv(8, (3, 3), (2, 2), padding=[(1, 1), (1, 1)]), nn.Conv(8, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])),
+             (Conv(4, (5, 5), padding="VALID", use_bias=False), nn.Conv(4, (5, 5), padding="VALID", use_bias=False)),
+             (Conv(3, (3, 3), feature_group_count=3, dtype=jnp.bfloat16),
+              nn.Conv(3, (3, 3), feature_group_count=3, dtype=jnp.bfloat16)),
+             (Dense(5), nn.Dense(5))]
+    for ours, theirs in pairs:
+        a, b = ours.init(jax.random.PRNGKey(1), x), theirs.init(jax.random.PRNGKey(1), x)
+        assert jax.tree.structure(a) == jax.tree.structure(b)
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(u, v)
+        np.testing.assert_array_equal(ours.apply(a, x), theirs.apply(b, x))
+
+
+def test_flax_modules_themselves_are_left_as_flax_wrote_them():
+    # no interception: a model built from flax's own nn.Conv runs flax's code inside runtime.jit too
+    conv = nn.Conv(16, (5, 5), padding="VALID")
+    x = jnp.ones((2, 12, 12, 6))
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    assert str(jax.make_jaxpr(cpu.with_cpu_kernels(conv.apply))(variables, x)) == str(
+        jax.make_jaxpr(conv.apply)(variables, x))
+
+
+def test_every_path_can_be_switched_off_and_unknown_names_are_refused(monkeypatch):
+    from jaxnets.runtime import choice
+
+    step, params = _model_step("lenet5", (4, 32, 32, 1), False)
+    monkeypatch.setenv(choice.OFF_ENV, "all")
+    assert choice.switched_off() == frozenset(choice.PATHS)
+    assert cpu.compiler_options() is None
+    assert "custom_vjp" not in str(jax.make_jaxpr(cpu.with_cpu_kernels(step))(params))
+    monkeypatch.setenv(choice.OFF_ENV, "one_channel_conv, conv_bias_sums")
+    assert {"one_channel_conv", "conv_bias_sums"} <= choice.switched_off()
+    assert cpu.layer_ops().bias_add is layers_plain().bias_add
+    monkeypatch.setenv(choice.OFF_ENV, "wide_conv")
+    with pytest.raises(ValueError, match="wide_conv_kernel"):
+        choice.switched_off()
+    assert set(choice.OFF_ON) >= {"amd-avx512", "intel-avx512", "other"}
+    assert all(off <= set(choice.PATHS) for off in choice.OFF_ON.values())
+
+
+def layers_plain():
+    from jaxnets.models.layers import PLAIN_OPS
+
+    return PLAIN_OPS

@@ -3,12 +3,22 @@
 They exist so that every family pools, activates and initialises the same way, and so that the
 torchvision layouts (adaptive pooling, floor-mode max pooling) behave identically in JAX, including
 on inputs smaller than torchvision itself accepts (AlexNet at 32×32).
+
+`Conv`, `Dense`, `PixelDense` and `BatchNorm` compute with the functions of the current `LayerOps`: lax's and
+jnp's own by default, everywhere (export, GPU, plain `jax.jit`). That table is the one extension point through
+which a backend computes the same layers its own way: `jaxnets.runtime.jit` traces jaxnets' steps inside
+`use_layer_ops(...)` with XLA:CPU's versions (runtime/cpu.py; docs/architecture.md, "The CPU fast path"). A new
+model gets them by building its layers from these classes instead of flax's `nn.Conv` / `nn.Dense`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -47,6 +57,121 @@ def choose(table: dict, name: str, what: str):
     if name not in table:
         raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(sorted(table))}")
     return table[name]
+
+
+def _batch_moments(x32: Array) -> tuple[Array, Array]:
+    """Per-channel mean and (biased) variance over every axis but the last, in two passes."""
+    axes = tuple(range(x32.ndim - 1))
+    mean = x32.mean(axes)
+    return mean, jnp.square(x32 - mean).mean(axes)
+
+
+def _bias_add(y: Array, bias: Array) -> Array:
+    return y + bias
+
+
+def _scale_shift(x: Array, mul: Array, shift: Array) -> Array:
+    return x * mul + shift
+
+
+def _no_pixel_kernel(pixels: Array, kernel: Array, bias: Array | None, standardize: Callable) -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerOps:
+    """The array functions jaxnets' layers compute with; each replacement must compute the same values (to float
+    rounding) and have the same signature as the default.
+
+    - `conv_general_dilated`, `dot_general`: as in `jax.lax` (`Conv`; `Dense` and `PixelDense`);
+    - `bias_add(y, bias)`: y + bias over the last axis (`Conv`'s bias);
+    - `batch_moments(x32) -> (mean, var)` and `scale_shift(x, mul, shift)`: `BatchNorm`'s two reducing pieces;
+    - `pixel_dense(pixels, kernel, bias, standardize)`: `PixelDense` straight from uint8 pixels, or None where the
+      backend does not take that layer (then it is standardize + the product)."""
+
+    conv_general_dilated: Callable = jax.lax.conv_general_dilated
+    dot_general: Callable = jax.lax.dot_general
+    bias_add: Callable = _bias_add
+    batch_moments: Callable = _batch_moments
+    scale_shift: Callable = _scale_shift
+    pixel_dense: Callable = _no_pixel_kernel
+
+
+PLAIN_OPS = LayerOps()
+_CURRENT_OPS: contextvars.ContextVar[LayerOps] = contextvars.ContextVar("jaxnets_layer_ops", default=PLAIN_OPS)
+
+
+def current_layer_ops() -> LayerOps:
+    """The `LayerOps` jaxnets' layers use now: `PLAIN_OPS` unless inside `use_layer_ops`."""
+    return _CURRENT_OPS.get()
+
+
+@contextlib.contextmanager
+def use_layer_ops(ops: LayerOps) -> Iterator[None]:
+    """Layers built or applied inside compute with `ops` (this thread / task only; read while a function is traced,
+    so wrap the tracing: `jax.jit(f)` compiled inside keeps the ops it was traced with)."""
+    token = _CURRENT_OPS.set(ops)
+    try:
+        yield
+    finally:
+        _CURRENT_OPS.reset(token)
+
+
+NHWC = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+
+def _pairs(padding, n: int):
+    """nn.Conv's padding forms: "SAME"/"VALID", one int, one int per dimension, or (low, high) per dimension."""
+    if isinstance(padding, str):
+        return padding
+    if isinstance(padding, int):
+        return ((padding, padding),) * n
+    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+class Conv(nn.Module):
+    """A 2-D NHWC convolution: flax's `nn.Conv` (the fields the families use, the same parameter names, shapes,
+    initialisers and dtype promotion, so the same variables from the same key), computed with the current
+    `LayerOps`' `conv_general_dilated` and `bias_add`."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Any = "SAME"
+    feature_group_count: int = 1
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Callable = nn.linear.default_kernel_init
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if x.ndim != 4 or len(self.kernel_size) != 2:
+            raise ValueError(f"Conv takes NHWC images and a 2-D kernel, not {x.shape} and {self.kernel_size}")
+        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+        kernel = self.param("kernel", self.kernel_init,
+                            (*self.kernel_size, x.shape[-1] // self.feature_group_count, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        ops = current_layer_ops()
+        y = ops.conv_general_dilated(x, kernel, strides, _pairs(self.padding, 2), lhs_dilation=(1, 1),
+                                     rhs_dilation=(1, 1), dimension_numbers=NHWC,
+                                     feature_group_count=self.feature_group_count, precision=self.precision)
+        return y if bias is None else ops.bias_add(y, bias)
+
+
+def _current_dot_general(*args, **kwargs):
+    return current_layer_ops().dot_general(*args, **kwargs)
+
+
+class Dense(nn.Dense):
+    """flax's `nn.Dense` (every field, parameter and value the same) whose product is the current `LayerOps`'
+    `dot_general` unless one is given."""
+
+    dot_general: Callable | None = _current_dot_general
 
 
 def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -155,26 +280,16 @@ class BatchNorm(nn.Module):
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
-            mean, var = self.batch_moments(x.astype(jnp.float32))
+            mean, var = current_layer_ops().batch_moments(x.astype(jnp.float32))
             if not self.is_initializing():
                 n = x.size // features
                 unbiased = var * (n / max(n - 1, 1))
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
         mul = scale * jax.lax.rsqrt(var + self.epsilon)
-        return self.scale_shift(x, mul.astype(self.dtype), (bias - mean * mul).astype(self.dtype)).astype(self.dtype)
-
-    # The two pieces with reductions over the batch, as methods so that a backend can compute them its own way
-    # (runtime/cpu.py does, intercepting them by name); the model's function stays the one written here.
-    def batch_moments(self, x32: Array) -> tuple[Array, Array]:
-        """Per-channel mean and (biased) variance over every axis but the last, in two passes."""
-        axes = tuple(range(x32.ndim - 1))
-        mean = x32.mean(axes)
-        return mean, jnp.square(x32 - mean).mean(axes)
-
-    def scale_shift(self, x: Array, mul: Array, shift: Array) -> Array:
-        """x · mul + shift, per channel."""
-        return x * mul + shift
+        # the two pieces that reduce over the batch are the current LayerOps' (a backend may compute them its way)
+        shift = (bias - mean * mul).astype(self.dtype)
+        return current_layer_ops().scale_shift(x, mul.astype(self.dtype), shift).astype(self.dtype)
 
 
 def avg_pool2(x: Array) -> Array:
@@ -203,14 +318,27 @@ def flatten(x: Array) -> Array:
     return x.reshape(x.shape[0], -1)
 
 
-class PixelDense(nn.Dense):
-    """nn.Dense whose input is the uint8 pixels themselves: `standardize` (the caller's one preprocessing
+class PixelDense(Dense):
+    """A `Dense` whose input is the uint8 pixels themselves: `standardize` (the caller's one preprocessing
     function, pixels → model input) first, flattened, then the product. Its parameters are nn.Dense's, so a
-    network's variables are the same whichever input it is given. It exists so that the runtime can compute a
-    narrow first layer without writing the batch back as float32 first (runtime/native.py); everywhere else it is
-    exactly standardize + nn.Dense."""
+    network's variables are the same whichever input it is given. It exists so that a backend can compute a
+    narrow first layer without writing the batch back as float32 first (`LayerOps.pixel_dense`; XLA:CPU's is
+    runtime/native.py's kernel); everywhere else it is exactly standardize + nn.Dense."""
 
     standardize: Callable | None = None
 
+    @nn.compact
     def __call__(self, pixels: Array) -> Array:
-        return super().__call__(flatten(self.standardize(pixels)))
+        inputs = jax.eval_shape(lambda p: flatten(self.standardize(p)), pixels).shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (inputs, self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        ops = current_layer_ops()
+        if (pixels.dtype == jnp.uint8 and self.dot_general is _current_dot_general and self.dot_general_cls is None
+                and self.precision is None and self.dtype in (None, jnp.float32)):
+            y = ops.pixel_dense(pixels, kernel, bias, self.standardize)
+            if y is not None:
+                return y
+        x, kernel, bias = nn.dtypes.promote_dtype(flatten(self.standardize(pixels)), kernel, bias, dtype=self.dtype)
+        dot = self.dot_general_cls() if self.dot_general_cls is not None else self.dot_general or jax.lax.dot_general
+        y = dot(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+        return y if bias is None else y + bias

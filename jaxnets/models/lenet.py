@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import ACTIVATIONS, avg_pool2, choose, explain_point, flatten
+from .layers import ACTIVATIONS, Conv, Dense, avg_pool2, choose, explain_point, flatten
 
 
 class LeNet5(nn.Module):
@@ -23,9 +23,9 @@ class LeNet5(nn.Module):
     def __call__(self, x, train: bool = False):
         act = choose(ACTIVATIONS, self.activation, "activation")
         x = x.astype(self.dtype)
-        x = avg_pool2(explain_point(self, act(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype)(x)), 1))
-        x = avg_pool2(explain_point(self, act(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x)), 2))
+        x = avg_pool2(explain_point(self, act(Conv(6, (5, 5), padding="VALID", dtype=self.dtype)(x)), 1))
+        x = avg_pool2(explain_point(self, act(Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x)), 2))
         x = flatten(x)
-        x = act(nn.Dense(120, dtype=self.dtype)(x))
-        x = act(nn.Dense(84, dtype=self.dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        x = act(Dense(120, dtype=self.dtype)(x))
+        x = act(Dense(84, dtype=self.dtype)(x))
+        return Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

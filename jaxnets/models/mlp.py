@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import ACTIVATIONS, INITIALIZERS, PixelDense, choose, flatten
+from .layers import ACTIVATIONS, INITIALIZERS, Dense, PixelDense, choose, flatten
 
 
 class MLP(nn.Module):
@@ -50,7 +50,7 @@ class MLP(nn.Module):
         kernel_init = choose(INITIALIZERS, self.weight_init, "init")
         widths = [*self.hidden_sizes, self.num_classes]
         if standardize is None:
-            x = nn.Dense(widths[0], kernel_init=kernel_init, dtype=self.dtype, name="Dense_0")(
+            x = Dense(widths[0], kernel_init=kernel_init, dtype=self.dtype, name="Dense_0")(
                 flatten(x).astype(self.dtype))
         else:
             x = PixelDense(widths[0], kernel_init=kernel_init, dtype=self.dtype, standardize=standardize,
@@ -59,5 +59,5 @@ class MLP(nn.Module):
             x = ACTIVATIONS[act](x)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.Dense(widths[i], kernel_init=kernel_init, dtype=self.dtype, name=f"Dense_{i}")(x)
+            x = Dense(widths[i], kernel_init=kernel_init, dtype=self.dtype, name=f"Dense_{i}")(x)
         return x.astype(jnp.float32)

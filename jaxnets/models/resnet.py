@@ -8,7 +8,7 @@ from functools import partial
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import BatchNorm, conv_kaiming_fan_out, explain_point, max_pool
+from .layers import BatchNorm, Conv, Dense, conv_kaiming_fan_out, explain_point, max_pool
 
 
 class _Block(nn.Module):
@@ -21,7 +21,7 @@ class _Block(nn.Module):
 
     def conv(self, filters: int, kernel: int, strides: int = 1, name: str | None = None):
         pad = kernel // 2
-        return nn.Conv(
+        return Conv(
             filters, (kernel, kernel), (strides, strides), padding=[(pad, pad), (pad, pad)],
             use_bias=False, kernel_init=conv_kaiming_fan_out, dtype=self.dtype, name=name,
         )
@@ -66,7 +66,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
-        x = nn.Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+        x = Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
                     kernel_init=conv_kaiming_fan_out, dtype=self.dtype, name="conv1")(x)
         x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
         x = max_pool(nn.relu(x), 3, 2, padding=1)
@@ -77,4 +77,4 @@ class ResNet(nn.Module):
                 x = block(64 * 2**stage, strides, name=f"layer{stage + 1}_{i}")(x, train)
             x = explain_point(self, x, stage + 1)
         x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
+        return Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)

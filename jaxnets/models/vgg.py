@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import BatchNorm, adaptive_avg_pool, conv_kaiming_fan_out, explain_point, flatten, max_pool
+from .layers import BatchNorm, Conv, Dense, adaptive_avg_pool, conv_kaiming_fan_out, explain_point, flatten, max_pool
 
 # "M" is a 2×2/2 max pool, a number is a 3×3 conv with that many filters (torchvision's cfgs A, B, D, E).
 VGG_CONFIGS: dict[int, tuple] = {
@@ -34,12 +34,12 @@ class VGG(nn.Module):
                 stage += 1
                 x = max_pool(explain_point(self, x, stage), 2, 2)
                 continue
-            x = nn.Conv(v, (3, 3), padding=[(1, 1), (1, 1)], kernel_init=conv_kaiming_fan_out, dtype=self.dtype)(x)
+            x = Conv(v, (3, 3), padding=[(1, 1), (1, 1)], kernel_init=conv_kaiming_fan_out, dtype=self.dtype)(x)
             if self.batch_norm:
                 x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
             x = nn.relu(x)
         x = flatten(adaptive_avg_pool(x, (7, 7)))
-        dense = lambda n: nn.Dense(n, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype)  # noqa: E731
+        dense = lambda n: Dense(n, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype)  # noqa: E731
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(dense(4096)(x)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(dense(4096)(x)))
         return dense(self.num_classes)(x).astype(jnp.float32)

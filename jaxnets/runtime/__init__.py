@@ -1,8 +1,9 @@
 """Backend-specific speed options, switched on by the platform a computation runs on, never by model fields.
 
 `runtime.jit` is `jax.jit` for jaxnets' own steps (train, eval, predict, bench). On XLA:CPU it adds what
-the CPU backend's defaults leave on the table (see cpu.py); on GPU/TPU it is plain `jax.jit` and the
-models are plain Flax.
+the CPU backend's defaults leave on the table: compiler options, and jaxnets' layers traced with XLA:CPU's
+versions of their functions (`cpu.layer_ops()`, through `models.layers.use_layer_ops`, the one extension point;
+docs/architecture.md). On GPU/TPU it is plain `jax.jit` and the layers are plain lax.
 
 Nothing in jaxnets changes a process-wide setting (malloc, environment, threads, signals) on import or in a call,
 except `tune_process()`, the one call for a process jaxnets owns or whose owner asks for it (host.py).

@@ -1,25 +1,25 @@
-"""jaxnets' own XLA:CPU kernels (`kernels/*.cc`): built on first use, loaded, registered with XLA's FFI.
+"""jaxnets' own XLA:CPU kernels (`kernels/*.cc`): built once, loaded, registered with XLA's FFI.
 
-Why kernels of our own: two kinds of small layer that XLA:CPU runs far below the machine's speed.
-- `pixel_dense`: a narrow dense layer over uint8 pixels (logistic regression, the shallow net) is a
-  memory-bound product, and XLA:CPU can only run it as a conversion pass that writes the batch back as float32
-  followed by a library product (BENCHMARKS.md, "Why the small predict rows..."). The kernel converts in
-  registers instead and reads the batch once, as bytes.
+Why kernels of our own: layers XLA:CPU runs far below the machine's speed (measurements: docs/bench/history.md,
+"The CPU runtime's own notes"; today's figures: BENCHMARKS.md).
+- `pixel_dense`: a narrow dense layer over uint8 pixels (logistic regression, the shallow net), which XLA:CPU can
+  only run as a conversion pass that writes the batch back as float32 followed by a library product. The kernel
+  converts in registers instead and reads the batch once, as bytes.
 - `conv_forward`, `conv_weight_grad`, `conv_input_grad`: stride-1 VALID convolutions with at most 16 output
-  channels (LeNet-5), which XLA:CPU runs at 18-60 GFLOP/s; one AVX-512 register holds all the outputs of a
-  position, so the kernels are streams of multiply-adds over the NHWC data as it lies (no transposes).
+  channels (LeNet-5): one AVX-512 register holds all the outputs of a position, so the kernels are streams of
+  multiply-adds over the NHWC data as it lies (no transposes).
 - `wide_conv_forward`, `wide_conv_weight_grad`: a convolution with 16·k outputs, any stride and padding, and the
-  gradient of its kernel. XLA:CPU runs the forward at 75-200 GFLOP/s (a 3-channel stem at 75) and the kernel's
-  gradient, after transposing both operands, at 30-150 where the layer has at most 128 input and output channels
-  (ResNet's stem and first two stages, VGG's first four layers); the kernels reach ~200-230, reading NHWC as it
-  lies. A stride-1 layer's input gradient is the forward kernel over the gradient with the kernel flipped.
+  gradient of its kernel (up to 128 input and output channels), reading NHWC as it lies where XLA:CPU transposes
+  both operands first. A stride-1 layer's input gradient is the forward kernel over the gradient, kernel flipped.
 
 The shared library is compiled with the system's C++ compiler (`$CXX`, else `g++`) against the FFI headers that
 jaxlib ships, into `native/` of jaxnets' cache (`$JAXNETS_CACHE`, else `~/.cache/jaxnets`), named by a digest of
 the source, the jaxlib version and the flags, so a new jaxlib or a changed kernel builds afresh and concurrent
-processes never load a half-written file (each writes its own temporary and renames it). Where anything is missing — no
-AVX-512 on the CPU, no compiler, a failed build, `JAXNETS_CPU_KERNELS=xla` — `available()` is False and the
-callers compute the same function with XLA's own operations; the reason is logged once.
+processes never load a half-written file (each writes its own temporary and renames it). The first build prints
+one line to stderr (what, where, how long); `python -m jaxnets.runtime.build_kernels` builds ahead of time. They
+run only on Linux x86-64 with AVX-512: on ARM, macOS, a CPU without AVX-512, without a compiler, after a failed
+build, or with `JAXNETS_CPU_KERNELS=xla`, `available()` is False and the callers compute the same function with
+XLA's own operations (the reason is logged once). Each kernel is switched on or off per CPU kind in choice.py.
 """
 
 from __future__ import annotations
@@ -29,15 +29,20 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from . import choice
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,9 @@ OUTPUTS = (1, 2, 4, 8, 16)  # the output widths the kernel takes (divisors of on
 
 
 def _cpu_has_avx512f() -> bool:
+    """Linux on x86-64 with AVX-512F: the only place the kernels can run (ARM and macOS keep XLA's operations)."""
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("flags")), "")
@@ -100,20 +108,40 @@ def build(path: Path) -> None:
             os.unlink(tmp)
 
 
+def why_not() -> str | None:
+    """Why the kernels cannot run in this process before anything is built, or None."""
+    if os.environ.get(ENV, "").lower() == "xla":
+        return f"switched off: {ENV}=xla"
+    if not _cpu_has_avx512f():
+        return "they need Linux on x86-64 with AVX-512 (not ARM, not macOS)"
+    if jax.device_count() > 1:  # an opaque call over a batch sharded across devices would gather it whole
+        return "more than one device: a kernel would gather a sharded batch"
+    return None
+
+
+def _build_saying_so(path: Path) -> None:
+    """`build`, with one line on stderr: what is built, where it is cached, how long it took (or why it failed)."""
+    print(f"jaxnets: building its AVX-512 CPU kernels (runtime/kernels/*.cc, once per jaxlib) into {path} ...",
+          end="", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        build(path)
+    except Exception as e:
+        print(f" failed after {time.perf_counter() - start:.1f} s ({str(e).splitlines()[0][:200]})", file=sys.stderr)
+        raise
+    print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
 @functools.cache
 def available() -> bool:
     """True once the kernels are built, loaded and registered for the CPU platform (once per process)."""
-    if os.environ.get(ENV, "").lower() == "xla":
-        return False
-    if jax.device_count() > 1:  # an opaque call over a batch sharded across devices would gather it whole
-        return False
-    if not _cpu_has_avx512f():
-        log.info("jaxnets' kernels need AVX-512; XLA's operations compute those layers")
+    if (reason := why_not()) is not None:
+        log.info("jaxnets' kernels do not run here (%s); XLA's operations compute those layers", reason)
         return False
     try:
         path = library_path()
         if not path.exists():
-            build(path)
+            _build_saying_so(path)
         library = ctypes.CDLL(str(path))
         for target in (TARGET, PIXEL_WEIGHT_GRAD, CONV_FORWARD, CONV_WEIGHT_GRAD, CONV_INPUT_GRAD,
                        WIDE_CONV_FORWARD, WIDE_CONV_WEIGHT_GRAD):
@@ -128,7 +156,7 @@ def takes(pixels: jax.Array, kernel: jax.Array) -> bool:
     """Whether `pixel_dense` runs this layer: uint8 pixels, float32 weights, 1/2/4/8/16 outputs."""
     return (pixels.dtype == jnp.uint8 and pixels.ndim >= 2 and pixels.shape[0] > 0 and kernel.dtype == jnp.float32
             and kernel.ndim == 2 and kernel.shape[0] == int(np.prod(pixels.shape[1:]))
-            and kernel.shape[1] in OUTPUTS and available())
+            and kernel.shape[1] in OUTPUTS and choice.enabled("pixel_dense_kernel") and available())
 
 
 def per_position_affine(standardize: Callable, pixels_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -187,7 +215,8 @@ def takes_conv(lhs: jax.Array, rhs: jax.Array) -> bool:
     float32 HWIO kernel no larger than the image, at most 16 output channels."""
     return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.ndim == 4 and rhs.ndim == 4
             and lhs.shape[0] > 0 and rhs.shape[2] == lhs.shape[3] and 1 <= rhs.shape[3] <= CONV_OUTPUTS
-            and rhs.shape[0] <= lhs.shape[1] and rhs.shape[1] <= lhs.shape[2] and available())
+            and rhs.shape[0] <= lhs.shape[1] and rhs.shape[1] <= lhs.shape[2] and choice.enabled("small_conv_kernel")
+            and available())
 
 
 def conv_forward(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
@@ -221,20 +250,18 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 
 def takes_wide_conv(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], padding: Padding) -> bool:
     """Whether `wide_conv_forward` runs this convolution: float32 NHWC input and HWIO kernel, 16·k outputs, no
-    negative padding (lax's crop), at least one output position (measured faster than XLA's on every layer of
-    ResNet-18, VGG-16 and AlexNet that has 16·k outputs)."""
+    negative padding (lax's crop), at least one output position."""
     if not (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.ndim == 4 and rhs.ndim == 4
             and lhs.shape[0] > 0 and rhs.shape[2] == lhs.shape[3] >= 1 and min(rhs.shape[:2]) >= 1
             and rhs.shape[3] % 16 == 0 and rhs.shape[3] >= 16 and len(strides) == 2 and min(strides) >= 1):
         return False
     sizes = [(lhs.shape[1 + i] + sum(padding[i]) - rhs.shape[i]) // strides[i] + 1 for i in range(2)]
-    return min(min(p) for p in padding) >= 0 and min(sizes) >= 1 and available()
+    return min(min(p) for p in padding) >= 0 and min(sizes) >= 1 and choice.enabled("wide_conv_kernel") and available()
 
 
 def takes_wide_weight_grad(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], padding: Padding) -> bool:
     """Whether `wide_conv_weight_grad` runs this convolution's kernel gradient: as `takes_wide_conv`, with at
-    most WIDE_CHANNELS input and output channels (where it was measured faster than XLA's: 1.1-5× on ResNet-18's
-    layers; at 256 channels XLA's is faster)."""
+    most WIDE_CHANNELS input and output channels (beyond, XLA's own was measured faster)."""
     return (lhs.ndim == 4 and rhs.ndim == 4 and lhs.shape[3] <= WIDE_CHANNELS and rhs.shape[3] <= WIDE_CHANNELS
             and takes_wide_conv(lhs, rhs, strides, padding))
 
@@ -278,3 +305,19 @@ def wide_conv_weight_grad(lhs: jax.Array, g: jax.Array, kernel_shape: tuple[int,
     for the output cotangent `g` (where `takes_wide_weight_grad`); the high padding is implied by g's shape."""
     out = jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32)
     return jax.ffi.ffi_call(WIDE_CONV_WEIGHT_GRAD, out)(lhs, g.astype(jnp.float32), **_geometry(strides, padding))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build jaxnets' CPU kernels now, ahead of the first step that needs them, and say where they are or why they
+    cannot run here. Exit status 0 when they are ready, 1 when XLA's operations will compute those layers."""
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m jaxnets.runtime.build_kernels", description=main.__doc__).parse_args(argv)
+    if (reason := why_not()) is not None:
+        print(f"jaxnets' CPU kernels do not run here ({reason}); XLA's operations compute those layers")
+        return 1
+    if available():
+        print(f"jaxnets' CPU kernels are ready: {library_path()}")
+        return 0
+    print("jaxnets' CPU kernels could not be built (see above); XLA's operations compute those layers")
+    return 1

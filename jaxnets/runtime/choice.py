@@ -1,0 +1,74 @@
+"""Which of the CPU fast paths run, per CPU kind: one table, one switch.
+
+Every path of cpu.py and native.py has a name here. A path runs unless the table switches it off for this machine's
+kind or `JAXNETS_CPU_OFF` names it (a comma-separated list of names, or "all"). The older switches stay:
+`JAXNETS_CPU_DOTS=xla` is `ynn_dots` off, `JAXNETS_CPU_KERNELS=xla` is the three kernels of native.py off.
+Each path is measured on whole train and predict steps per kind (BENCHMARKS.md); one that does not earn its place
+on a kind is listed in `OFF_ON` for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+PATHS = {
+    "ynn_dots": "every dot (and the dots convolutions become) through YNNPACK (an XLA compiler option)",
+    "one_channel_conv": "a stride-1 VALID convolution of a one-channel image as a sum of shifted slices",
+    "few_channel_conv": "2-16 input channels, stride 1, VALID: the input gradient as one matmul + col2im",
+    "stored_input_conv": ">= 64 input channels (or a wide kernel's layer): gradients from the stored input",
+    "narrow_dense": "<= 10 outputs from >= 512 inputs: the kernel's gradient as g^T x from a buffer",
+    "batch_norm_sums": "BatchNorm's statistics and gradients as channel sums over the batch axis first",
+    "conv_bias_sums": "a convolution's bias gradient as a channel sum of the stored cotangent",
+    "pixel_dense_kernel": "native: a narrow first layer straight from uint8 pixels (kernels/pixel_dense.cc)",
+    "small_conv_kernel": "native: stride-1 VALID convolutions with <= 16 outputs (kernels/small_conv.cc)",
+    "wide_conv_kernel": "native: convolutions with 16k outputs, forward and gradients (kernels/wide_conv.cc)",
+}
+NATIVE = ("pixel_dense_kernel", "small_conv_kernel", "wide_conv_kernel")
+
+# The CPU kinds jaxnets is measured on, and the paths switched off there. Empty until issue 33's per-kind
+# measurements (point 3) say a path does not speed up any standard whole step by >= 5 % on that kind.
+OFF_ON: dict[str, frozenset[str]] = {
+    "amd-avx512": frozenset(),  # AMD EPYC Zen 4 / Zen 5 (AVX-512 with BF16): where every path was measured
+    "intel-avx512": frozenset(),  # Intel Xeon with AVX-512 (Ice Lake and later)
+    "other": frozenset(),  # no AVX-512 (ARM, macOS, older x86): the native kernels cannot run there anyway
+}
+OFF_ENV = "JAXNETS_CPU_OFF"
+
+
+@functools.cache
+def cpu_kind() -> str:
+    """"amd-avx512", "intel-avx512" or "other", from /proc/cpuinfo (Linux x86-64 only)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not Path("/proc/cpuinfo").exists():
+        return "other"
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "other"
+    field = lambda name: next((line.split(":", 1)[1].strip() for line in lines if line.startswith(name)), "")  # noqa: E731
+    if "avx512f" not in field("flags").split():
+        return "other"
+    return {"AuthenticAMD": "amd-avx512", "GenuineIntel": "intel-avx512"}.get(field("vendor_id"), "other")
+
+
+def switched_off() -> frozenset[str]:
+    """The paths that do not run in this process: the table's for this kind and the environment's."""
+    names = {n.strip() for n in os.environ.get(OFF_ENV, "").split(",") if n.strip()}
+    unknown = names - set(PATHS) - {"all"}
+    if unknown:
+        raise ValueError(f"{OFF_ENV} names no path {', '.join(sorted(unknown))}; the paths: {', '.join(PATHS)}")
+    off = set(PATHS) if "all" in names else names
+    if os.environ.get("JAXNETS_CPU_DOTS", "").lower() == "xla":
+        off.add("ynn_dots")
+    if os.environ.get("JAXNETS_CPU_KERNELS", "").lower() == "xla":
+        off.update(NATIVE)
+    return frozenset(off | OFF_ON.get(cpu_kind(), frozenset()))
+
+
+def enabled(name: str) -> bool:
+    """Whether the path `name` (a key of PATHS) runs in this process."""
+    if name not in PATHS:
+        raise KeyError(name)
+    return name not in switched_off()
