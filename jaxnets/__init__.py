@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # re-exported: the version lives below the face
 
 _EXPORTS = {
     "models": ("create_model", "list_models"),

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from .trivial import _one as trivial_one
+from .resample import bilinear
+from .trivial import augment_image as trivial_one
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,6 @@ def get_augment(name: str | AugmentSpec | None) -> AugmentSpec:
     return PRESETS[name]
 
 
-def _bilinear(img, ys, xs):
-    """Sample img[H,W,C] at float coordinates; outside the image reads the nearest edge pixel."""
-    h, w, _ = img.shape
-    y0, x0 = jnp.floor(ys), jnp.floor(xs)
-    wy, wx = (ys - y0)[..., None], (xs - x0)[..., None]
-    y0i, x0i = jnp.clip(y0.astype(jnp.int32), 0, h - 1), jnp.clip(x0.astype(jnp.int32), 0, w - 1)
-    y1i, x1i = jnp.clip(y0i + 1, 0, h - 1), jnp.clip(x0i + 1, 0, w - 1)
-    top = img[y0i, x0i] * (1 - wx) + img[y0i, x1i] * wx
-    bottom = img[y1i, x0i] * (1 - wx) + img[y1i, x1i] * wx
-    return top * (1 - wy) + bottom * wy
-
-
 def _geometry(img, key, spec: AugmentSpec):
     h, w, _ = img.shape
     k_area, k_ratio, k_y, k_x, k_flip, k_rot = jax.random.split(key, 6)
@@ -87,7 +76,7 @@ def _geometry(img, key, spec: AugmentSpec):
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     ys = cy + cos * sy - sin * sx - 0.5
     xs = cx + sin * sy + cos * sx - 0.5
-    return _bilinear(img, ys, xs)
+    return bilinear(img, ys, xs)
 
 
 def _grey(img):

@@ -17,7 +17,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["OPERATIONS", "trivial_augment"]
+from .resample import bilinear  # one sampler for all geometry
+
+__all__ = ["OPERATIONS", "augment_image", "trivial_augment"]
 
 OPERATIONS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
               "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
@@ -69,8 +71,6 @@ def _autocontrast(img):
 
 def _affine(img, op, m):
     """Shear, translate or rotate (or nothing) by magnitude m ∈ [-1, 1], one bilinear resample about the centre."""
-    from .augment import _bilinear  # one sampler for all geometry (imported here: augment imports this module)
-
     h, w, _ = img.shape
     shear, shift, angle = 0.99 * m, m * (32.0 / 224.0), jnp.deg2rad(135.0 * m)
     a = jnp.select([op == 1, op == 2, op == 5],
@@ -82,10 +82,11 @@ def _affine(img, op, m):
     # source (x, y) = A · (output x, y) - t, in image coordinates about the centre
     sx = a[0, 0] * ox + a[0, 1] * oy - t[0]
     sy = a[1, 0] * ox + a[1, 1] * oy - t[1]
-    return _bilinear(img, sy + h / 2 - 0.5, sx + w / 2 - 0.5)
+    return bilinear(img, sy + h / 2 - 0.5, sx + w / 2 - 0.5)
 
 
-def _one(img, key):
+def augment_image(img, key):
+    """One float [0, 1] image [H,W,C] with one TrivialAugmentWide operation applied (vmapped by the callers)."""
     k_op, k_bin, k_sign = jax.random.split(key, 3)
     op = jax.random.randint(k_op, (), 0, len(OPERATIONS))
     level = jax.random.randint(k_bin, (), 0, BINS) / (BINS - 1)  # 0 … 1
@@ -109,4 +110,4 @@ def _one(img, key):
 
 def trivial_augment(images, key):
     """float [0, 1] images [B,H,W,C] → each with one TrivialAugmentWide operation applied."""
-    return jax.vmap(_one)(images, jax.random.split(key, images.shape[0]))
+    return jax.vmap(augment_image)(images, jax.random.split(key, images.shape[0]))

@@ -178,7 +178,7 @@ def versions() -> dict[str, str]:
     import optax
     import orbax.checkpoint as ocp
 
-    from .. import __version__
+    from .._version import __version__
 
     return {"jaxnets": __version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
             "orbax": getattr(ocp, "__version__", ""), "python": platform.python_version()}

@@ -14,7 +14,7 @@ from ..data.loader import Loader
 from ..data.record import is_training_data, read_record, replay_test_split
 from ..data.sources import load_dataset
 from ..integrity import find_checkpoint_dir
-from .metrics import per_class_report
+from ..report.analysis import per_class_report
 from .predictor import Predictor, restore_model
 from .scoring import make_eval_step, score
 
@@ -104,11 +104,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, batch_size: int = 64,
 def _write_report(predictor: Predictor, ds: Dataset, what: str, data: str, checkpoint: str | Path, which: str,
                   out: str | Path) -> None:
     from ..report import curves_png, write_new_files
-    from ..report.analysis import analyse
-    from ..report.html import ReportContext, build_report
+    from ..report.html import ReportContext
+    from .report import report_files
 
     history = run_history(checkpoint)
     context = ReportContext(title=f"{predictor.card.model} on {data}", scored=what,
                             checkpoint=f"{which} checkpoint: epoch {predictor.step}")
-    files = build_report(predictor, analyse(predictor, ds), ds, context, curves_png(history) if history else None)
+    files = report_files(predictor, ds, context, curves_png(history) if history else None)
     write_new_files(Path(out), files)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 
@@ -55,19 +54,6 @@ def summed(loss, preds, labels, mask, num_classes: int | None = None) -> dict:
 def means(sums: dict) -> dict:
     count = max(float(sums["count"]), 1.0)
     return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
-
-
-def per_class_report(confusion: np.ndarray, classes: list[str]) -> dict:
-    confusion = np.asarray(confusion, dtype=np.float64)
-    report = {}
-    for i, name in enumerate(classes):
-        tp = confusion[i, i]
-        predicted, actual = confusion[:, i].sum(), confusion[i].sum()
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        report[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(actual)}
-    return report
 
 
 def format_report(test: dict, classes: list[str]) -> str:

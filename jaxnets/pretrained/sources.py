@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import cache_dir
 from ..extras import MissingExtra, require
 from ..integrity import sha256_file
 
 TORCHVISION = "https://download.pytorch.org/models/"
 HUGGINGFACE = "https://huggingface.co/"
 MIRROR_ENV = "JAXNETS_WEIGHTS_MIRROR"  # scheme://host[:port] serving torchvision's paths (a company mirror)
-CACHE_ENV = "JAXNETS_CACHE"
 # a hub URL: https://huggingface.co/OWNER/NAME/resolve/REVISION/FILE (the hub's own endpoint, or HF_ENDPOINT's)
 _HUB_URL = re.compile(r"^https://huggingface\.co/(?P<repo>[\w.-]+/[\w.-]+)/resolve/(?P<revision>[\w.-]+)/"
                       r"(?P<file>[\w.-]+(?:/[\w.-]+)*)$")
@@ -79,14 +79,6 @@ class Weights:
     model: str | None = None
     crop_pct: float = 0.875
     imagenet: bool = False  # known to be an ImageNet-1k checkpoint (its classes are the ImageNet names)
-
-
-def cache_dir() -> Path:
-    """$JAXNETS_CACHE, else $XDG_CACHE_HOME/jaxnets, else ~/.cache/jaxnets."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "jaxnets"
 
 
 def resolve(source: str) -> Weights:

@@ -1,6 +1,7 @@
 """What a report says about a model on labelled data: per-image losses, the confusion matrix, per-class scores,
-the most-confused pairs and the images with the highest loss — all from the Predictor, so the report shows
-what a user of the checkpoint gets (the same preprocessing as every prediction, no training-time smoothing)."""
+the most-confused pairs and the images with the highest loss. Pure numpy over the probabilities the caller
+computed (inference/report.py scores them through the Predictor, so the report shows what a user of the
+checkpoint gets: the same preprocessing as every prediction, no training-time smoothing)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.dataset import Dataset
-from ..data.preprocess import ImageError
-from ..inference.metrics import per_class_report
-from ..inference.predictor import Predictor
+__all__ = ["Analysis", "per_class_report"]
 
-__all__ = ["Analysis", "analyse"]
 
-CHUNK = 256  # images decoded at once: the report streams over data of any size
+def per_class_report(confusion: np.ndarray, classes: list[str]) -> dict:
+    """{class: precision, recall, F1, support} from a confusion matrix [true, predicted]."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    report = {}
+    for i, name in enumerate(classes):
+        tp = confusion[i, i]
+        predicted, actual = confusion[:, i].sum(), confusion[i].sum()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        report[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(actual)}
+    return report
 
 
 @dataclass
@@ -62,34 +70,3 @@ class Analysis:
     def top_losses(self, top: int) -> np.ndarray:
         """Row numbers (into this analysis) of the `top` highest losses, highest first; ties by dataset order."""
         return np.argsort(-self.losses, kind="stable")[:top]
-
-
-def _describe(ds: Dataset, i: int) -> str:
-    source = ds.sources[i]
-    return f"#{i}" if isinstance(source, np.ndarray) else str(source)
-
-
-def analyse(predictor: Predictor, ds: Dataset) -> Analysis:
-    """Score every readable image of `ds` (whose labels are in the predictor's class order); unreadable files are
-    skipped and listed, never fatal."""
-    indices, sources, log_probs, skipped = [], [], [], list(ds.skipped)
-    for start in range(0, len(ds), CHUNK):
-        pixels, rows = [], []
-        for i in range(start, min(start + CHUNK, len(ds))):
-            try:
-                pixels.append(ds.pixels(i, predictor.spec))
-            except ImageError as err:
-                skipped.append((_describe(ds, i), str(err)))
-                continue
-            rows.append(i)
-        if rows:
-            log_probs.append(predictor.log_probabilities_pixels(np.stack(pixels)))
-            indices += rows
-            sources += [_describe(ds, i) for i in rows]
-    k = len(predictor.classes)
-    log_p = np.concatenate(log_probs) if log_probs else np.zeros((0, k), np.float32)
-    idx = np.asarray(indices, np.int64)
-    labels = ds.labels[idx].astype(np.int32)
-    losses = -log_p[np.arange(len(idx)), labels] if len(idx) else np.zeros(0, np.float32)
-    return Analysis(list(predictor.classes), idx, sources, labels, np.exp(log_p).astype(np.float32),
-                    losses.astype(np.float32), skipped)

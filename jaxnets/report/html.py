@@ -1,7 +1,9 @@
 """report.html: one self-contained page (every image embedded as a data: URI, no script, no external file or
 font) that opens offline in any browser — the curves, the confusion matrix, per-class scores, the most-confused
 pairs, the top-losses gallery and Grad-CAM over a few of them. `build_report` returns the page and the figures
-as bytes by file name; the caller decides where they go (nothing here touches files)."""
+as bytes by file name; the caller decides where they go (nothing here touches files). Everything a model
+computes (the probabilities, the gallery's pixels, the maps) comes in from the caller (inference/report.py):
+this floor never runs a model."""
 
 from __future__ import annotations
 
@@ -11,13 +13,11 @@ from html import escape
 
 import numpy as np
 
-from ..data.preprocess import ImageError
-from ..inference.predictor import Predictor
 from .analysis import Analysis
 from .figures import confusion_png, grid_png, image_png
 from .overlay import overlay
 
-__all__ = ["ReportContext", "build_report"]
+__all__ = ["Gallery", "ReportContext", "build_report"]
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330;
@@ -39,6 +39,17 @@ class ReportContext:
     checkpoint: str = ""  # e.g. "best (epoch 7)"
     top: int = 16  # images in the top-losses gallery
     cams: int = 6  # of them with Grad-CAM
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """The top losses the page shows: their rows (into the analysis, highest loss first), their pixels (uint8
+    HWC), and for the first `len(maps)` of them a map of where the model looked and the class it explains."""
+
+    rows: np.ndarray  # int64 [n]
+    images: list[np.ndarray]
+    maps: np.ndarray  # float [m, H, W], m <= n
+    explained: np.ndarray  # int [m]
 
 
 def _data_uri(png: bytes) -> str:
@@ -82,12 +93,12 @@ def _gallery(analysis: Analysis, rows: np.ndarray, images: list[np.ndarray]) -> 
     return f'<div class="gallery">{"".join(figures)}</div>'
 
 
-def _cams(predictor: Predictor, analysis: Analysis, rows: np.ndarray, images: list[np.ndarray]) -> str:
-    if not len(rows):
+def _cams(analysis: Analysis, gallery: Gallery) -> str:
+    if not len(gallery.maps):
         return '<p class="note">No images.</p>'
-    maps, explained = predictor.explain_pixels(np.stack(images))
-    figures = []
-    for row, pixels, heat, cls in zip(rows, images, maps, explained, strict=True):
+    figures, m = [], len(gallery.maps)
+    for row, pixels, heat, cls in zip(gallery.rows[:m], gallery.images[:m], gallery.maps, gallery.explained,
+                                      strict=True):
         name = analysis.classes[int(cls)]
         figures.append(f'<figure class="cam" data-index="{int(analysis.indices[row])}" data-class="{escape(name)}">'
                        f"{_img(image_png(overlay(pixels, heat)), 'map for ' + name)}<figcaption>why "
@@ -103,30 +114,16 @@ def _skipped(analysis: Analysis) -> str:
     return f'<section id="skipped"><h2>Skipped files ({len(analysis.skipped)})</h2><ul>{items}</ul>{more}</section>'
 
 
-def _gallery_images(predictor: Predictor, analysis: Analysis, dataset, top: int
-                    ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The rows of the highest losses and their pixels, decoded again; a file that changed since it was scored
-    and no longer decodes is left out of the gallery."""
-    rows, images = [], []
-    for row in analysis.top_losses(top):
-        try:
-            images.append(dataset.pixels(int(analysis.indices[row]), predictor.spec))
-        except ImageError:
-            continue
-        rows.append(row)
-    return np.asarray(rows, np.int64), images
-
-
-def build_report(predictor: Predictor, analysis: Analysis, dataset, context: ReportContext,
+def build_report(analysis: Analysis, gallery: Gallery, context: ReportContext,
                  curves: bytes | None = None) -> dict[str, bytes]:
-    """{"report.html": page, "confusion.png": …, "top_losses.png": …} — `dataset` is the one `analysis` scored
-    (the gallery's images are decoded again from it, through the predictor's preprocessing)."""
-    rows, images = _gallery_images(predictor, analysis, dataset, context.top)
+    """{"report.html": page, "confusion.png": …, "top_losses.png": …} from the analysis of the scored data and
+    the gallery of its top losses (at most `context.top` of them, `context.cams` with maps)."""
+    rows, images = gallery.rows, gallery.images
     confusion = confusion_png(analysis.confusion, analysis.classes)
     titles = [f"{analysis.classes[analysis.labels[r]]} → {analysis.classes[analysis.predictions[r]]}\n"
               f"loss {analysis.losses[r]:.2f}" for r in rows]
     grid = grid_png(images, titles)
-    cams = _cams(predictor, analysis, rows[:context.cams], images[:context.cams])
+    cams = _cams(analysis, gallery)
     curves_html = _img(curves, "training curves", "figure") if curves else \
         '<p class="note">No training history next to this checkpoint.</p>'
     page = f"""<!doctype html>
@@ -143,7 +140,7 @@ def build_report(predictor: Predictor, analysis: Analysis, dataset, context: Rep
 <section id="top-losses"><h2>Top losses</h2><p class="note">The {len(rows)} images with the highest loss
 (−log of the probability of the true class).</p>{_gallery(analysis, rows, images)}</section>
 <section id="grad-cam"><h2>Where the model looked</h2><p class="note">Maps for the predicted class of the first
-{min(len(rows), context.cams)} top losses (Grad-CAM for CNNs, gradient × input for MLPs).</p>{cams}</section>
+{len(gallery.maps)} top losses (Grad-CAM for CNNs, gradient × input for MLPs).</p>{cams}</section>
 {_skipped(analysis)}
 <footer class="note">Made by jaxnets. Self-contained: no script, no external file.</footer>
 </body></html>

@@ -53,8 +53,8 @@ def lr_find(cfg: TrainConfig, splits: Splits | None = None, start: float = 1e-7,
     """Run the range test for the run `cfg` describes (see the module docstring)."""
     import jax
 
-    from .loop import _prepare
     from .optim import _single_optimizer
+    from .prepare import prepare
     from .state import create_state
     from .steps import make_train_step
 
@@ -63,7 +63,7 @@ def lr_find(cfg: TrainConfig, splits: Splits | None = None, start: float = 1e-7,
     if cfg.pretrained or cfg.accumulate > 1:
         raise ValueError("lr-find runs from the initial weights with one update per batch: drop --pretrained and "
                          "--accumulate (a fine-tune's recipe already sets its rates)")
-    prep = _prepare(cfg, splits, quiet=True)
+    prep = prepare(cfg, splits, quiet=True)
     lrs = start * (end / start) ** (np.arange(steps) / (steps - 1))
     schedule = lambda count: start * (end / start) ** (count / (steps - 1))  # noqa: E731
     tx, _ = _single_optimizer(cfg.optim, prep.train_loader.steps_per_epoch, cfg.epochs, schedule)
