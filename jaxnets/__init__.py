@@ -18,6 +18,7 @@ _EXPORTS = {
     "train": ("OptimConfig", "TrainConfig", "fit"),
     "inference": ("ModelCard", "Predictor", "evaluate_checkpoint", "read_card"),
     "serving.package": ("package_checkpoint",),
+    "nnx": ("from_nnx", "to_nnx"),  # a model as a Flax NNX module (docs/nnx.md)
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted([*_WHERE, "__version__"])

@@ -20,7 +20,7 @@ MAX_LINES = 400
 # lower ones, never the reverse: face → train/serving → pretrained → inference → report → data → runtime/store
 # → models → ground (rooms that import nothing of jaxnets, so that any floor may use them).
 FLOORS: dict[int, tuple[str, ...]] = {
-    8: ("__init__.py", "__main__.py", "cli/", "bench/", "service_cli.py", "demo.py", "options.py"),
+    8: ("__init__.py", "__main__.py", "cli/", "bench/", "service_cli.py", "demo.py", "options.py", "nnx.py"),
     7: ("train/", "serving/"),
     6: ("pretrained/",),
     5: ("inference/",),
