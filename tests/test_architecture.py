@@ -12,6 +12,10 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.core  # standard library only: runs in the core-only environment too
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "jaxnets"
 MAX_LINES = 400

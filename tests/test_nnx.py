@@ -14,6 +14,8 @@ from flax import nnx
 import jaxnets
 from jaxnets.models import init_variables
 
+pytestmark = pytest.mark.core  # flax and optax only: the bridge is checked against the newest flax too
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "nnx.md"
 CASES = {"lenet5": (32, 32, 1), "resnet18": (32, 32, 3)}
 
