@@ -13,11 +13,13 @@ A start is checked first (`check`, read-only), prepared (data, model; may fail),
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import weakref
 from pathlib import Path
 
 from ..checkpoint import CHECKSUMS, MODEL_CARD, TRASH, TRASH_TOKEN, CheckpointError, pending_step, verify_step
@@ -38,6 +40,60 @@ OLD_CHECKPOINTS = ".jaxnets-old-checkpoints"
 
 class RunDirError(FileExistsError):
     """The run directory holds something jaxnets did not write, or a run that needs resume/overwrite."""
+
+
+# run directories this process holds the lock of: (st_dev, st_ino) -> [fd, number of RunDir objects holding it]
+_HELD: dict[tuple[int, int], list[int]] = {}
+
+
+def _in_use_message(path: Path) -> str:
+    return (f"{path} is being written by another jaxnets run right now (train, resume or overwrite in another "
+            "process); wait for it to end or choose another --out")
+
+
+def _lock(owner: object, path: Path) -> None:
+    """An exclusive flock on the run directory, held while `owner` lives (or the process): two runs started into
+    one --out at the same time would otherwise both pass `check` and write their checkpoints and history into
+    each other's. The same process may claim again (a resume after a failed fit); another process is refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    key = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+    if key in _HELD:
+        os.close(fd)
+        _HELD[key][1] += 1
+    else:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunDirError(_in_use_message(path)) from None
+        _HELD[key] = [fd, 1]
+    weakref.finalize(owner, _unlock, key)
+
+
+def _unlock(key: tuple[int, int]) -> None:
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD[key]
+            os.close(held[0])
+
+
+def _locked_elsewhere(path: Path) -> bool:
+    """Another process holds the run directory's lock (read-only probe: nothing is written)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) in _HELD:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False  # closing the fd releases it
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _digest(data: bytes) -> str:
@@ -137,6 +193,8 @@ class RunDir:
         _writable_parent(self.path)
         if not self.path.exists():
             return
+        if self.path.is_dir() and _locked_elsewhere(self.path):
+            raise RunDirError(_in_use_message(self.path))
         marker = self.path / MARKER
         if marker.is_symlink() or (marker.exists() and not marker.is_file()):
             raise RunDirError(f"{marker} is not a file jaxnets wrote (a link or a folder); refusing to touch it")
@@ -170,6 +228,9 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OSError(e.errno, f"cannot create the run directory {self.path}: {e.strerror}") from None
+        if not getattr(self, "_locked", False):
+            _lock(self, self.path)
+            self._locked = True
         recorded = self._marker()
         self._remove_leftovers()
         if recorded is not None and not overwrite:
