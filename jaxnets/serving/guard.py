@@ -67,6 +67,10 @@ DirectHandler = Callable[[list[Part]], Awaitable[tuple[int, bytes]]]
 
 
 
+# every JSON answer the door writes: class names and messages may hold markup, and no browser may sniff them as HTML
+JSON_HEADERS = ((b"content-type", b"application/json"), (b"x-content-type-options", b"nosniff"))
+
+
 def error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
@@ -75,8 +79,7 @@ async def reply(send: Send, status: int, message: str, headers: Iterable[tuple[b
     """Answer {"error": message} with `status`."""
     body = error_body(message)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -122,9 +125,9 @@ def normalising_send(send: Send) -> Send:
         if message.get("more_body"):
             return
         body = error_body(error_message(held["status"], b"".join(chunks)))
-        headers = [(k, v) for k, v in held.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
-        await send({**held, "headers": [*headers, (b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
+        replaced = (b"content-type", b"content-length", b"x-content-type-options")
+        headers = [(k, v) for k, v in held.get("headers", []) if k.lower() not in replaced]
+        await send({**held, "headers": [*headers, *JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     return wrapped
@@ -313,7 +316,7 @@ async def answer_directly(handler: DirectHandler, parts: list[Part], send: Send,
     access.info("%s:%s (method=POST,path=%s) (status=%d,length=%d) %.3fms", client[0], client[1], scope.get("path"),
                 status, len(body), 1e3 * (time.perf_counter() - started))
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
