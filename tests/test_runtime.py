@@ -335,11 +335,13 @@ def test_the_malloc_switch_refuses_unknown_values(monkeypatch):
     try:
         with pytest.raises(ValueError, match="keep"):
             host.keep_freed_memory()
+        assert host.tune_process() is False  # the CLI's first call: nothing set, no error before its one-line handler
         with pytest.raises(ValueError, match="keep"):
-            host._mallopt()  # what tune_process() calls first: refused there, before anything is set
+            host.training_process(True)  # building a train step in that tuned process: refused there
     finally:
         monkeypatch.delenv(host.MALLOC_ENV)
         host.keep_freed_memory.cache_clear()
+        host._asked = False  # this pytest process was never meant to be tuned
 
 
 _UNTUNED = """

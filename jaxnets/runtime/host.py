@@ -67,12 +67,15 @@ def _cpu_process() -> bool:
 def tune_process() -> bool:
     """The one call that changes process-wide settings (see the module docstring): for the `jaxnets` command, the
     model service's worker, or a user who wants jaxnets' CPU tuning in their own process. Call it first, before
-    JAX starts its backend (a thread's first malloc binds it to an arena). Returns whether malloc was tuned; an
-    unknown `JAXNETS_CPU_MALLOC` is refused here."""
+    JAX starts its backend (a thread's first malloc binds it to an arena). Returns whether malloc was tuned. It
+    never raises: an unknown `JAXNETS_CPU_MALLOC` sets nothing here and is refused, as a ValueError, when the
+    first train step is built."""
     global _asked
     _asked = True
-    _mallopt()  # refuses an unknown JAXNETS_CPU_MALLOC now, not when the first train step is built
-    return share_one_arena()
+    try:
+        return share_one_arena()
+    except ValueError:
+        return False
 
 
 @functools.cache
