@@ -163,3 +163,27 @@ def test_grad_cam_looks_at_the_last_convolution_at_the_default_size(converted_li
     predictor = Predictor.from_checkpoint(converted_lite0[1])
     stages = predictor.cam_stages
     assert stages[max(stages)] == (7, 7) and predictor.cam_stage == max(stages) == 5
+
+
+@pytest.mark.parametrize(("k", "stride", "pads"), [(3, 1, ((1, 1), (1, 1))), (3, 2, ((0, 1), (0, 1))),
+                                                   (5, 2, ((1, 2), (2, 2))), (5, 1, ((2, 2), (2, 2)))])
+def test_the_depthwise_convolution_and_its_gradients_equal_xlas(k, stride, pads):
+    """models/depthwise.py (shifted sums, a hand-written gradient) against lax's grouped convolution."""
+    from jaxnets.models.depthwise import depthwise_conv
+
+    rng = np.random.default_rng(k * 10 + stride)
+    x = rng.normal(size=(2, 11, 9, 6)).astype(np.float32)
+    kernel = rng.normal(size=(k, k, 1, 6)).astype(np.float32)
+    probe = rng.normal(size=depthwise_conv(x, kernel, stride, pads).shape).astype(np.float32)
+
+    def xla(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads, feature_group_count=x.shape[-1],
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    ours = jax.value_and_grad(lambda x, w: (depthwise_conv(x, w, stride, pads) * probe).sum(), argnums=(0, 1))
+    theirs = jax.value_and_grad(lambda x, w: (xla(x, w) * probe).sum(), argnums=(0, 1))
+    (v1, (dx1, dw1)), (v2, (dx2, dw2)) = ours(x, kernel), theirs(x, kernel)
+    np.testing.assert_allclose(depthwise_conv(x, kernel, stride, pads), xla(x, kernel), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw1, dw2, rtol=1e-5, atol=1e-4)

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .depthwise import depthwise_conv
 from .layers import BatchNorm, explain_point
 
 # (repeats, kernel, stride, expansion, input channels, output channels) of Lite0, the builder's block strings
@@ -74,6 +75,23 @@ def _pads(size: int, kernel: int, stride: int, style: str) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+class DepthwiseConv(nn.Module):
+    """One k×k filter per channel, no bias: the kernel is k×k×1×C, as nn.Conv(feature_group_count=C) holds it, but
+    computed by models/depthwise.py (XLA:CPU's grouped convolution is many times slower)."""
+
+    kernel_size: int
+    stride: int
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                            (k, k, 1, x.shape[-1]), jnp.float32)
+        return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
+
+
 class _ConvBN(nn.Module):
     """A bias-free convolution (depthwise when `depthwise`), batch norm and optionally ReLU6."""
 
@@ -87,11 +105,13 @@ class _ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        pads = [_pads(x.shape[d], self.kernel, self.stride, self.style) for d in (1, 2)]
-        x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride), padding=pads,
-                    feature_group_count=x.shape[-1] if self.depthwise else 1, use_bias=False,
-                    kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), dtype=self.dtype,
-                    name="conv")(x)
+        pads = tuple(_pads(x.shape[d], self.kernel, self.stride, self.style) for d in (1, 2))
+        if self.depthwise:
+            x = DepthwiseConv(self.kernel, self.stride, pads, dtype=self.dtype, name="conv")(x)
+        else:
+            x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride), padding=pads,
+                        use_bias=False, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                        dtype=self.dtype, name="conv")(x)
         x = BatchNorm(use_running_average=not train, momentum=0.99, epsilon=STYLES[self.style], dtype=self.dtype,
                       name="bn")(x)
         return jnp.clip(x, 0, 6) if self.act else x

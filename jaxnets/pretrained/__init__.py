@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ def _head_outputs(model_name: str, state: dict[str, np.ndarray]) -> int:
     """Outputs of the state dict's classifier (fc, or the last linear layer of classifier.N)."""
     if family(model_name) == "resnet":
         key = "fc.weight"
+    elif family(model_name) == "efficientnet":
+        key = "_fc.weight" if "_fc.weight" in state else "classifier.weight"
     else:
         linears = sorted(int(k.split(".")[1]) for k in state if k.startswith("classifier.") and k.endswith(".weight"))
         key = f"classifier.{linears[-1]}.weight" if linears else "classifier.weight"
@@ -88,15 +91,32 @@ def _shapes(tree: Any) -> Any:
     return jax.tree.map(np.shape, tree)
 
 
+@dataclass(frozen=True)
+class _WeightsOnly:
+    """What `Checkpoints.save` reads of a training state, for weights that never trained here: no optimizer
+    state, step 0, no average (a converted checkpoint is restored as plain variables). Not training's TrainState:
+    pretrained/ sits below train/ and never imports it."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any = field(default_factory=dict)
+    step: np.ndarray = field(default_factory=lambda: np.zeros((), np.int32))
+    rng: np.ndarray = field(default_factory=lambda: np.zeros((2,), np.uint32))
+    ema: Any = field(default_factory=dict)
+
+
 def convert(source: str, model_name: str | None, out: str | Path, classes: list[str] | None = None,
-            size: int = 224) -> Path:
+            size: int | None = None, options: dict[str, Any] | None = None) -> Path:
     """Write the weights of `source` as a jaxnets checkpoint in `out` (a new or empty folder): the model card
-    names the classes (ImageNet's for a 1,000-way ImageNet head) and torchvision's evaluation preprocessing."""
+    names the classes (ImageNet's for a 1,000-way ImageNet head), the model options the weights need (an
+    EfficientNet-Lite's style) and the evaluation preprocessing the weights were trained with: torchvision's
+    (ImageNet mean/std) for alexnet/vgg/resnet and EfficientNet-Lite in the "pytorch" style, [-1, 1] for the
+    TensorFlow-trained Lites (their stem batch norm's statistics say so: tools/efficientnet_lite_weights.py).
+    `size` defaults to the model's own input size."""
     from ..checkpoint import Checkpoints
     from ..data.preprocess import PreprocessSpec
     from ..inference.card import MODEL_CARD, ModelCard, card_bytes, write_card
-    from ..models import create_model, init_variables
-    from ..train.state import TrainState
+    from ..models import create_model, get_entry, init_variables
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -111,16 +131,20 @@ def convert(source: str, model_name: str | None, out: str | Path, classes: list[
     state = read_state(weights.path)
     outputs = _head_outputs(model_name, state)
     names = _class_names(classes, outputs, weights.imagenet or outputs == 1000)
-    model = create_model(model_name, 1 if len(names) == 2 and outputs == 1 else outputs)
-    spec = PreprocessSpec(size, size, 3, "crop", "imagenet", weights.crop_pct)
+    options = dict(options or {})
+    if family(model_name) == "efficientnet":
+        options.setdefault("style", "tf")  # the reference; timm's efficientnet_lite0 is style=pytorch
+    model = create_model(model_name, 1 if len(names) == 2 and outputs == 1 else outputs, **options)
+    size = size or get_entry(model_name).size
+    tf_trained = options.get("style") == "tf"
+    spec = PreprocessSpec(size, size, 3, "crop", "half" if tf_trained else "imagenet", weights.crop_pct)
     variables, report = import_state(model_name, init_variables(model, spec.shape, 0), state)
-    card = ModelCard(model=model_name, model_options={}, classes=tuple(names), binary=outputs == 1,
+    card = ModelCard(model=model_name, model_options=options, classes=tuple(names), binary=outputs == 1,
                      preprocess=spec, train_config={"converted_from": source})
-    train_state = TrainState(params=variables["params"], batch_stats=variables.get("batch_stats", {}),
-                             opt_state={}, step=np.zeros((), np.int32), rng=np.zeros((2,), np.uint32))
+    weights_only = _WeightsOnly(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
     checkpoints = Checkpoints(out / "checkpoints", card.monitor)
     try:
-        checkpoints.save(1, train_state, {"epoch": 1, "history": []}, {card.monitor: 0.0},
+        checkpoints.save(1, weights_only, {"epoch": 1, "history": []}, {card.monitor: 0.0},
                          extra_files={MODEL_CARD: card_bytes(card)})
     finally:
         checkpoints.close()
@@ -147,7 +171,7 @@ def check_source(source: str, model_name: str) -> None:
     torchvision layout for a state dict, a catalogue name for another model. Downloads nothing."""
     if _is_jaxnets_checkpoint(source):
         return
-    family(model_name)  # state dicts exist for alexnet, vgg and resnet only
+    family(model_name)  # state dicts exist for alexnet, vgg, resnet and efficientnet_lite only
     for prefix in ("torchvision:", "timm:"):
         if source.startswith(prefix):
             named = source.removeprefix(prefix).partition(".")[0]

@@ -72,7 +72,7 @@ def _cpu_has_avx512f() -> bool:
 
 
 def cache_dir() -> Path:
-    from ..pretrained.sources import cache_dir as jaxnets_cache  # the one cache root ($JAXNETS_CACHE, XDG, ~)
+    from ..cache import cache_dir as jaxnets_cache  # the one cache root ($JAXNETS_CACHE, XDG, ~)
 
     return jaxnets_cache() / "native"
 
