@@ -193,7 +193,7 @@ class RunDir:
         _writable_parent(self.path)
         if not self.path.exists():
             return
-        if self.path.is_dir() and _locked_elsewhere(self.path):
+        if is_primary() and self.path.is_dir() and _locked_elsewhere(self.path):  # process 0 takes it in claim
             raise RunDirError(_in_use_message(self.path))
         marker = self.path / MARKER
         if marker.is_symlink() or (marker.exists() and not marker.is_file()):
