@@ -100,8 +100,6 @@ def test_convert_never_runs_code_from_a_weights_file(tmp_path):
         assert not (tmp_path / f"out_{name}").exists() or not any((tmp_path / f"out_{name}").iterdir()), name
 
 
-@pytest.mark.xfail(strict=True, reason="torch.load's UserWarning about the pickle protocol reaches stderr beside the "
-                                       "one line; jaxnets/pretrained/sources.py should silence it (not ours to edit)")
 def test_convert_of_a_pickle_is_exactly_one_line(tmp_path):
     pytest.importorskip("torch")
     path = _evil_files(tmp_path, tmp_path / "marker")["plain"]

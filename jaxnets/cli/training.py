@@ -100,7 +100,7 @@ def _train_config(args):
     if saved is not None:
         base = saved
     elif top.get("pretrained"):
-        base = TrainConfig.finetuning()
+        base = TrainConfig.finetuning(model=top.get("model", TrainConfig.model))
     else:
         base = TrainConfig.recommended(top.get("model", TrainConfig.model),
                                        optim={k: v for k, v in nested.get("optim", {}).items()

@@ -24,6 +24,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -302,10 +303,13 @@ def _read_torch(path: Path) -> dict:
                            "--index-url https://download.pytorch.org/whl/cpu, or convert the file to .safetensors"
                            ) from None
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols: the one line below says enough
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError…): one answer
-        raise WeightsError(f"{path} is not a PyTorch state dict torch.load(weights_only=True) can read "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        # torch's own text advises weights_only=False, i.e. running the file's code: not advice to pass on
+        raise WeightsError(f"{path} is not a PyTorch state dict that can be read without running code "
+                           f"({type(e).__name__}): jaxnets never unpickles objects") from None
 
     def to_numpy(value):
         if isinstance(value, torch.Tensor):

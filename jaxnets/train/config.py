@@ -99,9 +99,13 @@ class TrainConfig:
 
     @classmethod
     def finetuning(cls, **options: Any) -> TrainConfig:
-        """The fine-tuning recipe (FINETUNE_RECIPE) with `options` over it: what `--pretrained` alone brings."""
-        optim = dataclasses.replace(OptimConfig(), **{**FINETUNE_RECIPE["optim"], **options.pop("optim", {})})
-        top = {k: v for k, v in FINETUNE_RECIPE.items() if k != "optim"}
+        """The fine-tuning recipe with `options` over it: what `--pretrained` alone brings. It is FINETUNE_RECIPE
+        but where the model's family has its own (train/recipes.py: EfficientNet-Lite's)."""
+        from .recipes import finetune_recipe_for
+
+        recipe = finetune_recipe_for(options.get("model", cls.model), FINETUNE_RECIPE)
+        optim = dataclasses.replace(OptimConfig(), **{**recipe["optim"], **options.pop("optim", {})})
+        top = {k: v for k, v in recipe.items() if k != "optim"}
         return cls(**{**top, **options}, optim=optim)
 
     @classmethod

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MODEL_RECIPES", "describe_recipes", "recipe_for"]
+__all__ = ["FINETUNE_RECIPES", "MODEL_RECIPES", "describe_recipes", "finetune_recipe_for", "recipe_for"]
 
 _SMALL_GREY: dict[str, Any] = {
     "epochs": 30, "batch_size": 64, "augment": "light", "label_smoothing": 0.1,
@@ -53,7 +53,26 @@ MODEL_RECIPES: dict[str, dict[str, Any]] = {
     "vgg": {**_PHOTOS, "optim": {**_PHOTOS["optim"], "lr": 5e-4, "warmup_epochs": 5.0}},
     "vgg_bn": {**_PHOTOS_CLASSIC, "epochs": 30, "optim": {**_PHOTOS["optim"], "lr": 5e-4}},
     "resnet": {**_PHOTOS_CLASSIC, "optim": {**_PHOTOS["optim"], "lr": 1e-3}},
+    # from scratch: ResNet's measured recipe (BatchNorm everywhere, residual blocks alike); no run of it measured yet
+    "efficientnet_lite": {**_PHOTOS_CLASSIC, "optim": {**_PHOTOS["optim"], "lr": 1e-3}},
 }
+
+
+# A family's own `--pretrained` recipe, over the general one (train/config.py's FINETUNE_RECIPE).
+# EfficientNet-Lite on ImageNet weights: the new head alone for one epoch (the backbone's backward pass is dropped,
+# so that epoch costs a forward pass), then two epochs of the whole network at a tenth of the rate. Its features
+# already separate cats from dogs; a longer run buys little and its depthwise backward passes are the slow part on
+# a CPU. Measured in docs/results.md (the command with no other flag).
+FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
+    "efficientnet_lite": {"epochs": 3, "freeze_epochs": 1, "backbone_lr_mult": 0.1},
+}
+
+
+def finetune_recipe_for(model: str, base: dict[str, Any]) -> dict[str, Any]:
+    """`base` (the general fine-tuning recipe) with `model`'s family's own settings over it."""
+    own = FINETUNE_RECIPES.get("efficientnet_lite" if model.startswith("efficientnet_lite") else model, {})
+    optim = {**base.get("optim", {}), **own.get("optim", {})}
+    return {**base, **{k: v for k, v in own.items() if k != "optim"}, "optim": optim}
 
 
 def recipe_for(model: str) -> dict[str, Any]:
@@ -62,6 +81,8 @@ def recipe_for(model: str) -> dict[str, Any]:
         key = "vgg_bn" if model.endswith("_bn") else "vgg"
     elif model.startswith("resnet"):
         key = "resnet"
+    elif model.startswith("efficientnet_lite"):
+        key = "efficientnet_lite"
     else:
         key = model
     recipe = MODEL_RECIPES.get(key, {})
