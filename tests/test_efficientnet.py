@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import extra
 from torch_reference import randomize_batchnorm, torchvision
 
 from jaxnets.inference.predictor import Predictor
@@ -28,7 +29,7 @@ def _package_model(name: str, size: int, seed: int = 0):
     """The efficientnet-lite-pytorch definition; its "SAME" padding is fixed for `size` at construction."""
     import torch
 
-    lite = pytest.importorskip("efficientnet_lite_pytorch")
+    lite = extra("efficientnet_lite_pytorch")
     torch.manual_seed(seed)
     model = lite.EfficientNet.from_name(name.replace("_", "-"), image_size=size)
     randomize_batchnorm(model, seed, size)
@@ -39,7 +40,7 @@ def _timm_model(name: str, seed: int = 0, size: int = 64):
     import torch
 
     torchvision()
-    timm = pytest.importorskip("timm")
+    timm = extra("timm")
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False)
     randomize_batchnorm(model, seed, size)
@@ -187,3 +188,62 @@ def test_the_depthwise_convolution_and_its_gradients_equal_xlas(k, stride, pads)
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     np.testing.assert_allclose(dx1, dx2, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw1, dw2, rtol=1e-5, atol=1e-4)
+
+
+def test_the_pretrained_recipe_is_the_familys_own():
+    from jaxnets.train.config import TrainConfig
+
+    cfg = TrainConfig.finetuning(model="efficientnet_lite2")
+    assert (cfg.epochs, cfg.freeze_epochs, cfg.backbone_lr_mult, cfg.resize) == (3, 1, 0.1, "crop")
+    assert TrainConfig.finetuning(model="resnet18").epochs == 6  # the general recipe stays
+    assert TrainConfig.recommended("efficientnet_lite0").augment == "classic"
+
+
+@pytest.mark.slow
+def test_fine_tune_report_and_explain_from_the_cli(tmp_path):
+    """`jaxnets train --pretrained FILE` (the package's layout) on real image files, then `predict --explain`: the run
+    has its epochs, report.html and a checkpoint that predicts and explains from the last convolution."""
+    import subprocess
+    import sys
+
+    from imagefiles import write_class_folder
+
+    data = write_class_folder(tmp_path / "data", per_class=12, size=48)
+    weights = _save_pth(_package_model("efficientnet_lite0", 64, seed=8), tmp_path / "lite0.pth")
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "jaxnets", "train", "--model", "efficientnet_lite0", "--pretrained",
+                          str(weights), "--data", str(data), "--size", "64", "--epochs", "2", "--batch-size", "8",
+                          "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2 and (out / "report.html").stat().st_size > 1000
+    image = next((data / "cat").iterdir())
+    explain = subprocess.run([sys.executable, "-m", "jaxnets", "predict", "--checkpoint", str(out), str(image),
+                              "--explain", str(tmp_path / "cams")], capture_output=True, text=True, timeout=300)
+    assert explain.returncode == 0, explain.stderr[-3000:]
+    assert "Grad-CAM from stage 3 (8x8" in explain.stderr  # 64 px: the deepest stage with >= 7x7 positions
+    assert any((tmp_path / "cams").iterdir())
+
+
+def test_convert_of_timms_own_lite0_from_the_cli(tmp_path):
+    """`jaxnets convert --style pytorch`: timm's efficientnet_lite0 file computes as timm does, on ImageNet
+    mean/std pixels; --style on another model is one line and exit 2."""
+    import subprocess
+    import sys
+
+    reference = _timm_model("efficientnet_lite0", seed=9)
+    weights = tmp_path / "timm_lite0.pth"
+    _save_pth(reference, weights)
+    cmd = [sys.executable, "-m", "jaxnets", "convert", "--from", str(weights), "--model", "efficientnet_lite0",
+           "--size", "64", "--style", "pytorch", "--out", str(tmp_path / "conv")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    predictor = Predictor.from_checkpoint(tmp_path / "conv")
+    assert (predictor.spec.normalize, predictor.spec.height) == ("imagenet", 64)
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    expected = _torch_probs(reference, (pixels.astype(np.float32) / 255 - mean) / std)
+    np.testing.assert_allclose(predictor.predict_pixels(pixels), expected, atol=1e-4)
+    wrong = subprocess.run([*cmd[:7], "resnet18", "--style", "tf", "--out", str(tmp_path / "x")], capture_output=True,
+                           text=True, timeout=300)
+    assert wrong.returncode == 2 and wrong.stderr.strip().count("\n") == 0 and "EfficientNet-Lite" in wrong.stderr

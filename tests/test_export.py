@@ -43,10 +43,12 @@ CASES = [
     ("lenet5", PreprocessSpec(32, 32, 1, normalize="half"), True),
     ("mlp", PreprocessSpec(16, 16, 3, normalize="half"), False),
     ("resnet18", PreprocessSpec(32, 32, 3, normalize="imagenet"), False),
+    ("efficientnet_lite0", PreprocessSpec(40, 40, 3, normalize="half"), False),  # TF SAME pads, depthwise sums
 ]
 
 
-@pytest.mark.parametrize("name, spec, binary", CASES, ids=["lenet5", "lenet5-binary", "mlp", "resnet18"])
+@pytest.mark.parametrize("name, spec, binary", CASES,
+                         ids=["lenet5", "lenet5-binary", "mlp", "resnet18", "efficientnet_lite0"])
 def test_onnx_and_stablehlo_give_the_predictors_probabilities(name, spec, binary):
     import onnxruntime as ort
 

@@ -29,6 +29,9 @@ before = snapshot()
 libc = ctypes.CDLL(None)
 if mode == "forced":  # the control: one arena, set by hand
     libc.mallopt(-8, 1)
+if mode == "command":  # the jaxnets command owns its process: it tunes it (here a run that stops at a bad file)
+    from jaxnets.cli import main
+    assert main(["convert", "--from", "/nonexistent/weights.pth", "--model", "lenet5", "--out", "/nonexistent/o"]) == 2
 if mode in ("jaxnets", "tuned"):
     import jaxnets
     from jaxnets import runtime
@@ -99,7 +102,7 @@ def probes() -> dict:
         ctypes.CDLL(None).malloc_info  # noqa: B018 - musl has none
     except AttributeError:
         pytest.skip("not glibc")
-    return {mode: _probe(mode) for mode in ("plain", "forced", "jaxnets", "tuned")}
+    return {mode: _probe(mode) for mode in ("plain", "forced", "jaxnets", "tuned", "command")}
 
 
 def test_the_probe_sees_arenas_and_a_forced_single_arena(probes):
@@ -123,3 +126,11 @@ def test_tune_process_is_the_one_call_that_shares_the_main_heap(probes):
     if host._cpu_process():  # on an accelerator machine the CPU tuning stays off
         assert probes["tuned"]["arenas"] == 1, probes["tuned"]
     assert probes["tuned"]["changed"] == {}, probes["tuned"]["changed"]
+
+
+def test_the_jaxnets_command_tunes_its_own_process(probes):
+    """cli.main calls tune_process(): were the call dropped, the command's threads would get arenas of their own."""
+    from jaxnets.runtime import host
+
+    if host._cpu_process():  # on an accelerator machine the CPU tuning stays off
+        assert probes["command"]["arenas"] == 1, probes["command"]

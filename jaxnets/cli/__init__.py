@@ -36,9 +36,15 @@ def main(argv: list[str] | None = None) -> int:
 
     service_cli.add_parser(sub)
     bench.add_parser(sub)
+    sub.add_parser("build-kernels", help="build jaxnets' AVX-512 CPU kernels now instead of on first use "
+                                         "(x86-64 Linux with AVX-512 and g++; elsewhere XLA's operations run)"
+                   ).set_defaults(func=_build_kernels)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    from ..runtime import tune_process  # jaxnets owns this process: its one process-wide setting (docs/backends.md)
+
+    tune_process()
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as e:  # a mistake in what was asked for: one line, no traceback
@@ -51,3 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
 # the names the tests build a parser from, as they were when the command was one module
 _Parser, _add_train = Parser, add_train
+
+
+def _build_kernels(args) -> int:
+    from ..runtime import native
+
+    return native.main([])

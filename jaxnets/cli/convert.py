@@ -22,7 +22,12 @@ def add_convert(sub) -> None:
     p.add_argument("--out", required=True, help="a new or empty folder for the checkpoint")
     p.add_argument("--classes", default=None, help="a file with one class name per line (default: ImageNet's "
                                                    "names for a 1,000-way head, else class_0, class_1, …)")
-    p.add_argument("--size", type=positive_int, default=224, help="input height = width (default 224)")
+    p.add_argument("--size", type=positive_int, default=None, help="input height = width (default: the model's, e.g. "
+                                                                    "224; EfficientNet-Lite1 240)")
+    p.add_argument("--style", choices=("tf", "pytorch"), default=None,
+                   help="EfficientNet-Lite only: how the weights compute — tf (TF 'SAME' padding, BN eps 1e-3, [-1, 1] "
+                        "pixels: the default, and what TF-ported weights such as tf_efficientnet_lite* need) or "
+                        "pytorch (symmetric padding, eps 1e-5, ImageNet mean/std: timm's efficientnet_lite0)")
     p.set_defaults(func=_convert)
 
 
@@ -35,6 +40,9 @@ def _convert(args) -> int:
     classes = None
     if args.classes is not None:
         classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
-    out = convert(args.source, args.model, args.out, classes, args.size)
+    if args.style is not None and not (args.model or "").startswith("efficientnet_lite"):
+        raise ValueError("--style is an EfficientNet-Lite option: pass --model efficientnet_lite0 … _lite4")
+    options = {"style": args.style} if args.style else None
+    out = convert(args.source, args.model, args.out, classes, args.size, options)
     print(f"checkpoint {out / 'checkpoints'}: {json.loads((out / 'convert.json').read_text())['report'][0]}")
     return 0

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .depthwise import depthwise_conv
-from .layers import BatchNorm, explain_point
+from .layers import BatchNorm, Conv, explain_point
 
 # (repeats, kernel, stride, expansion, input channels, output channels) of Lite0, the builder's block strings
 # r1_k3_s11_e1_i32_o16 … r1_k3_s11_e6_i192_o320.
@@ -109,7 +109,7 @@ class _ConvBN(nn.Module):
         if self.depthwise:
             x = DepthwiseConv(self.kernel, self.stride, pads, dtype=self.dtype, name="conv")(x)
         else:
-            x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride), padding=pads,
+            x = Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride), padding=pads,
                         use_bias=False, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                         dtype=self.dtype, name="conv")(x)
         x = BatchNorm(use_running_average=not train, momentum=0.99, epsilon=STYLES[self.style], dtype=self.dtype,

@@ -249,7 +249,8 @@ class JaxnetsModel:
 
     def __init__(self) -> None:
         from ..inference.predictor import Predictor
-
+        from ..runtime import tune_process  # jaxnets owns the worker: XLA's threads share the main heap
+        tune_process()
         self.predictor = Predictor.from_checkpoint(_model_path(self), which="best",
                                                    buckets=sorted({1, 8, MAX_BATCH}))
         self.predictor.warmup()
