@@ -27,7 +27,7 @@ import pytest
 import requests
 from brokenmodels import all_nan, infinite_first_kernel, save_changed_weights
 from PIL import Image
-from serving import running_server
+from serving import port_free, running_server
 
 from jaxnets.serving.local import free_port
 from jaxnets.train import OptimConfig, TrainConfig, fit
@@ -415,16 +415,6 @@ def _alive(pids: list[int]) -> list[int]:
     return alive
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_jaxnets_serve_answers_503_for_non_finite_output_and_stops_its_whole_tree(models, tmp_path, signum):
     """The model's first kernel is +inf: a black image still gets probabilities (and the warm-up passes), a
@@ -451,7 +441,7 @@ def test_jaxnets_serve_answers_503_for_non_finite_output_and_stops_its_whole_tre
         while _alive(tree) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _alive(tree) == [], _alive(tree)
-        assert _port_free(port)
+        assert port_free(port)
     finally:
         with contextlib.suppress(ProcessLookupError):
             for pid in _alive(_tree(proc.pid)):
@@ -468,7 +458,7 @@ def test_a_model_with_nan_weights_refuses_to_start(models, tmp_path):
         line = next(x for x in text.splitlines() if x.startswith("jaxnets: model"))
         assert "'jaxnets-nan:latest'" in line and "non-finite" in line
         time.sleep(1)
-        assert _port_free(port)
+        assert port_free(port)
         with contextlib.suppress(OSError):
             urllib.request.urlopen(f"{url}/readyz", timeout=2)
             pytest.fail("something still answers on the port")
@@ -489,7 +479,7 @@ def test_a_model_card_edited_in_the_store_stops_start_up(models, tmp_path):
         line = next(x for x in text.splitlines() if "jaxnets: model" in x)
         assert "model_card.json differs from the card packaged with the model" in line
         assert "Traceback" not in text  # the one line says it all
-        assert _port_free(port)
+        assert port_free(port)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -510,7 +500,7 @@ def test_a_model_damaged_in_the_store_stops_start_up_naming_the_file(models, tmp
         line = next(x for x in text.splitlines() if "jaxnets: model" in x)
         assert "damaged" in line and array_file.name in line and "corrupted" in line
         assert "Traceback" not in text
-        assert _port_free(port)
+        assert port_free(port)
     finally:
         if proc.poll() is None:
             proc.kill()

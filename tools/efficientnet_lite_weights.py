@@ -87,16 +87,11 @@ def _right(path: Path, probs: np.ndarray) -> bool:
     return int(np.argmax(probs)) in (CATS if path.parent.name == "cat" else DOGS)
 
 
-def compare(model: str, net, checkpoint: Path, files: list[Path]) -> bool:
+def compare(model: str, net, predictor, files: list[Path], pixels: np.ndarray) -> bool:
     """Print one line per photo; True when every photo has the torch model's top-5 and probabilities within 1e-4.
     The top-1 class is reported beside it: it is the weights' own answer, the same in both."""
     import torch
 
-    from jaxnets.data.preprocess import to_pixels
-    from jaxnets.inference.predictor import Predictor
-
-    predictor = Predictor.from_checkpoint(checkpoint)
-    pixels = np.stack([to_pixels(f, predictor.spec) for f in files])
     ours = predictor.predict_pixels(pixels)
     with torch.no_grad():
         x = torch.from_numpy((pixels / 127.5 - 1.0).astype(np.float32).transpose(0, 3, 1, 2))
@@ -121,6 +116,8 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=10, help="photos per class")
     parser.add_argument("--models", default=",".join(WHEELS))
     args = parser.parse_args()
+    from jaxnets.data.preprocess import to_pixels
+    from jaxnets.inference.predictor import Predictor
     from jaxnets.pretrained import convert
 
     work = Path(args.work)
@@ -133,12 +130,10 @@ def main() -> int:
         checkpoint = work / model
         if not checkpoint.exists():
             convert(str(weights), model, checkpoint)
-        from jaxnets.data.preprocess import to_pixels
-        from jaxnets.inference.card import read_card
-
-        spec = read_card(checkpoint / "checkpoints").preprocess
-        pixel_scaling(net, np.stack([to_pixels(f, spec) for f in files]).astype(np.float64))
-        ok &= compare(model, net, checkpoint, files)
+        predictor = Predictor.from_checkpoint(checkpoint)
+        pixels = np.stack([to_pixels(f, predictor.spec) for f in files])  # decoded once, for both checks
+        pixel_scaling(net, pixels.astype(np.float64))
+        ok &= compare(model, net, predictor, files, pixels)
     return 0 if ok else 1
 
 

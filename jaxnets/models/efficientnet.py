@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .depthwise import depthwise_conv
-from .layers import BatchNorm, Conv, explain_point
+from .layers import BatchNorm, Conv, conv_kaiming_fan_out, explain_point
 
 # (repeats, kernel, stride, expansion, input channels, output channels) of Lite0, the builder's block strings
 # r1_k3_s11_e1_i32_o16 … r1_k3_s11_e6_i192_o320.
@@ -87,8 +87,7 @@ class DepthwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
-        kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                            (k, k, 1, x.shape[-1]), jnp.float32)
+        kernel = self.param("kernel", conv_kaiming_fan_out, (k, k, 1, x.shape[-1]), jnp.float32)
         return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
 
 
@@ -110,8 +109,7 @@ class _ConvBN(nn.Module):
             x = DepthwiseConv(self.kernel, self.stride, pads, dtype=self.dtype, name="conv")(x)
         else:
             x = Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride), padding=pads,
-                        use_bias=False, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                        dtype=self.dtype, name="conv")(x)
+                     use_bias=False, kernel_init=conv_kaiming_fan_out, dtype=self.dtype, name="conv")(x)
         x = BatchNorm(use_running_average=not train, momentum=0.99, epsilon=STYLES[self.style], dtype=self.dtype,
                       name="bn")(x)
         return jnp.clip(x, 0, 6) if self.act else x
