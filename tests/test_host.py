@@ -30,8 +30,9 @@ libc = ctypes.CDLL(None)
 if mode == "forced":  # the control: one arena, set by hand
     libc.mallopt(-8, 1)
 if mode == "command":  # the jaxnets command owns its process: it tunes it (here a run that stops at a bad file)
-    from jaxnets.cli import main
-    assert main(["convert", "--from", "/nonexistent/weights.pth", "--model", "lenet5", "--out", "/nonexistent/o"]) == 2
+    from jaxnets.cli import run
+    sys.argv = ["jaxnets", "convert", "--from", "/nonexistent/w.pth", "--model", "lenet5", "--out", "/nonexistent/o"]
+    assert run() == 2
 if mode in ("jaxnets", "tuned"):
     import jaxnets
     from jaxnets import runtime
@@ -129,7 +130,8 @@ def test_tune_process_is_the_one_call_that_shares_the_main_heap(probes):
 
 
 def test_the_jaxnets_command_tunes_its_own_process(probes):
-    """cli.main calls tune_process(): were the call dropped, the command's threads would get arenas of their own."""
+    """The console script's entry (cli.run, also `python -m jaxnets`) calls tune_process(): were the call dropped,
+    the command's threads would get arenas of their own."""
     from jaxnets.runtime import host
 
     if host._cpu_process():  # on an accelerator machine the CPU tuning stays off

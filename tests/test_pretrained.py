@@ -383,7 +383,7 @@ def test_clipping_in_a_fine_tune_is_over_the_global_norm_as_from_scratch():
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--model", "lenet5", "--pretrained", "torchvision:resnet18"], "no torchvision layout"),
+    (["--model", "lenet5", "--pretrained", "torchvision:resnet18"], "no PyTorch layout"),
     (["--model", "resnet50", "--pretrained", "torchvision:resnet18"], "resnet18 weights"),
     (["--model", "resnet18", "--pretrained", "nowhere/weights.pth"], "no such file"),
     (["--model", "resnet18", "--freeze-epochs", "2"], "pass --pretrained"),
@@ -409,7 +409,7 @@ def test_convert_refuses_garbage_and_a_used_folder_in_one_line(tmp_path):
     garbage = tmp_path / "weights.pth"
     garbage.write_bytes(b"\x80\x04 this is not a state dict")
     done = _jaxnets("convert", "--from", str(garbage), "--model", "resnet18", "--out", str(tmp_path / "a"))
-    assert done.returncode == 2 and "torch.load(weights_only=True)" in done.stderr and not (tmp_path / "a").exists()
+    assert done.returncode == 2 and "can be read without running code" in done.stderr and not (tmp_path / "a").exists()
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"{}")
     done = _jaxnets("convert", "--from", str(bad), "--model", "resnet18", "--out", str(tmp_path / "b"))

@@ -1,9 +1,9 @@
 """The `jaxnets` command: train | evaluate | predict | lr-find | convert | export | package | serve | bench.
 
-`main` (the console script `jaxnets = jaxnets.cli:main`) builds the parser from one module per command group
-and turns a mistake into one line and exit 2: training.py (train, lr-find), evaluate.py, predict.py, convert.py,
-export.py here; service_cli.py (package, serve) and bench/ beside this package. common.py holds the exit codes
-and the one-line parser they share.
+`run` (the console script `jaxnets = jaxnets.cli:run`) tunes the process, then `main` builds the parser from one
+module per command group and turns a mistake into one line and exit 2: training.py (train, lr-find),
+evaluate.py, predict.py, convert.py, export.py here; service_cli.py (package, serve) and bench/ beside this
+package. common.py holds the exit codes and the one-line parser they share.
 """
 
 from __future__ import annotations
@@ -18,7 +18,17 @@ from .export import add_export
 from .predict import add_predict
 from .training import add_lr_find, add_train
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
+
+
+def run() -> int:
+    """The `jaxnets` console script and `python -m jaxnets`: a process jaxnets owns, so it makes the one
+    process-wide setting (runtime.tune_process, docs/backends.md) before JAX starts, then runs `main`. `main` itself
+    tunes nothing: a program (or a test) calling it in its own process keeps its malloc as it was."""
+    from ..runtime import tune_process
+
+    tune_process()
+    return main()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    from ..runtime import tune_process  # jaxnets owns this process: its one process-wide setting (docs/backends.md)
-
-    tune_process()
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as e:  # a mistake in what was asked for: one line, no traceback
