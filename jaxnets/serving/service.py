@@ -5,8 +5,7 @@
   right fields, bounded in size, time and number, and gives every error the one shape {"error": message}.
   The service then decodes the uploads through the checkpoint's PreprocessSpec and answers 400 with a
   message for anything that is not a usable image, before any batching. It never runs JAX, and refuses to
-  return non-finite probabilities (503).
-* the model: verified against its checksums when the server starts, never at import (VerifiedModel).
+  return non-finite probabilities (503). The model is checksum-verified at server start, never at import.
 * `JaxnetsModel`: one `batchable` API over the jitted forward function, so concurrent requests (single and
   batch alike) are merged by BentoML's adaptive batching into one padded, precompiled batch. Every bucket
   is compiled in `__init__`, before the service reports ready, and a model whose warm-up output is not
@@ -36,13 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException, InvalidArgument
 from PIL import Image
 
 from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageError, to_pixels
+from ..extras import require
 from ..inference.answers import describe, non_finite_rows
 from ..inference.card import read_card
 from ..integrity import CheckpointError, verify_packaged
@@ -51,6 +48,9 @@ from ..report.overlay import overlay
 from .guard import DirectHandler, FrontDoor, Page, error_body
 from .multipart import FormSpec, Limits, Part, env_number, positive_int, short_text, text
 from .package import DEFAULT_NAME
+
+aiohttp, bentoml = require("serve", "aiohttp"), require("serve", "bentoml")  # core install: MissingExtra, one line
+BentoMLException, InvalidArgument = bentoml.exceptions.BentoMLException, bentoml.exceptions.InvalidArgument
 
 log = logging.getLogger("jaxnets.service")
 
