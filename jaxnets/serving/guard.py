@@ -41,18 +41,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .multipart import (
-    FormSpec,
-    Limits,
-    Part,
-    Refusal,
-    StrictForm,
-    canonical_body,
-    query_parts,
-    raw_image_part,
-    request_format,
-    text,
-)
+from .formspec import FormSpec, Limits, Part, Refusal, text
+from .multipart import StrictForm, canonical_body, query_parts, raw_image_part, request_format
 
 log = logging.getLogger("jaxnets.service")
 access = logging.getLogger("bentoml.access")  # BentoML configures it: our lines appear beside its own

@@ -45,8 +45,8 @@ from ..inference.card import read_card
 from ..integrity import CheckpointError, verify_packaged
 from ..report.figures import image_png
 from ..report.overlay import overlay
+from .formspec import FormSpec, Limits, Part, env_number, positive_int, short_text, text
 from .guard import DirectHandler, FrontDoor, Page, error_body
-from .multipart import FormSpec, Limits, Part, env_number, positive_int, short_text, text
 from .package import DEFAULT_NAME
 
 aiohttp, bentoml = require("serve", "aiohttp"), require("serve", "bentoml")  # core install: MissingExtra, one line
