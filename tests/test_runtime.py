@@ -10,7 +10,7 @@ import pytest
 from jaxnets import runtime
 from jaxnets.models import create_model
 from jaxnets.models.layers import Conv, Dense
-from jaxnets.runtime import cpu, host, native, reductions
+from jaxnets.runtime import choice, cpu, host, native, reductions
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are for XLA:CPU")
 
@@ -36,9 +36,9 @@ def test_a_convnet_gives_the_same_logits_and_gradients_with_and_without_the_opti
         return jnp.sum(jnp.sin(model.apply({**variables, "params": params}, x, train=False)))
 
     results = {}
-    for choice in ("xla", "ynn"):
-        monkeypatch.setenv(cpu.ENV, choice)
-        results[choice] = runtime.jit(jax.value_and_grad(loss))(variables["params"])
+    for dots in ("xla", "ynn"):
+        monkeypatch.setenv(cpu.ENV, dots)
+        results[dots] = runtime.jit(jax.value_and_grad(loss))(variables["params"])
     for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results["ynn"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(a))) + 1e-7)
 
@@ -112,8 +112,10 @@ def test_a_few_channel_input_gradient_in_bfloat16_is_as_accurate_as_lax():
 
 
 @pytest.mark.parametrize("strides, padding", [((1, 1), [(1, 1), (1, 1)]), ((2, 2), "SAME"), ((2, 2), "VALID")])
-def test_a_wide_convolution_has_lax_values_and_gradients_from_its_stored_input(strides, padding):
-    # ResNet's and VGG's convolutions (≥ 64 input channels): lax's own gradient, read from the stored input
+def test_a_wide_convolution_has_lax_values_and_gradients_from_its_stored_input(strides, padding, monkeypatch):
+    # ResNet's and VGG's convolutions (≥ 64 input channels): lax's own gradient, read from the stored input (on,
+    # whatever this CPU kind's table says: the path is tested wherever it may run)
+    monkeypatch.setenv(choice.ON_ENV, "stored_input_conv")
     conv = Conv(8, (3, 3), strides=strides, padding=padding)
     x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 9, 9, cpu.WIDE_CHANNELS)), jnp.float32)
     variables = conv.init(jax.random.PRNGKey(0), x)
@@ -176,8 +178,10 @@ def test_the_stored_input_is_the_input_even_when_it_is_not_finite():
 
 
 @pytest.mark.parametrize("batch_shape, dtype", [((6,), jnp.float32), ((2, 3), jnp.float32), ((6,), jnp.bfloat16)])
-def test_a_narrow_dense_layer_has_lax_values_and_gradients(batch_shape, dtype):
-    # logistic regression, the shallow net: few outputs from many inputs; the kernel's gradient as gᵀ·x, transposed
+def test_a_narrow_dense_layer_has_lax_values_and_gradients(batch_shape, dtype, monkeypatch):
+    # a head of few outputs from many inputs: the kernel's gradient as gᵀ·x, transposed (on, whatever this CPU
+    # kind's table says)
+    monkeypatch.setenv(choice.ON_ENV, "narrow_dense")
     dense = Dense(cpu.NARROW_OUTPUTS, dtype=dtype)
     x = jnp.asarray(np.random.default_rng(4).normal(size=(*batch_shape, cpu.NARROW_INPUTS)), jnp.float32)
     variables = dense.init(jax.random.PRNGKey(0), x)
@@ -433,9 +437,11 @@ def _model_step(name, shape, train):
 ])
 def test_a_model_computes_the_same_values_and_gradients_with_and_without_the_fast_path(name, shape, train):
     step, params = _model_step(name, shape, train)
-    # the fast path is really taken inside runtime.jit (its custom VJPs are in the trace), and nowhere outside it
+    # the fast path is really taken inside runtime.jit (its custom VJPs or jaxnets' kernels are in the trace), and
+    # nowhere outside it
     def custom(fun):
-        return str(jax.make_jaxpr(fun)(params)).count("custom_vjp_call[")
+        jaxpr = str(jax.make_jaxpr(fun)(params))
+        return jaxpr.count("custom_vjp_call[") + jaxpr.count("ffi_call[")
 
     assert custom(cpu.with_cpu_kernels(step)) > custom(step)
     fast, plain = runtime.jit(step)(params), jax.jit(step)(params)
@@ -470,7 +476,6 @@ def test_flax_modules_themselves_are_left_as_flax_wrote_them():
 
 
 def test_every_path_can_be_switched_off_and_unknown_names_are_refused(monkeypatch):
-    from jaxnets.runtime import choice
 
     step, params = _model_step("lenet5", (4, 32, 32, 1), False)
     monkeypatch.setenv(choice.OFF_ENV, "all")
@@ -485,6 +490,32 @@ def test_every_path_can_be_switched_off_and_unknown_names_are_refused(monkeypatc
         choice.switched_off()
     assert set(choice.OFF_ON) >= {"amd-avx512", "intel-avx512", "other"}
     assert all(off <= set(choice.PATHS) for off in choice.OFF_ON.values())
+
+
+def test_the_kinds_table_switches_paths_off_and_jaxnets_cpu_on_brings_them_back(monkeypatch):
+    monkeypatch.delenv(choice.OFF_ENV, raising=False)
+    monkeypatch.delenv(choice.ON_ENV, raising=False)
+    table = choice.OFF_ON[choice.cpu_kind()]
+    assert choice.switched_off() == table
+    assert choice.OFF_ON["amd-avx512"] == {"narrow_dense", "stored_input_conv"}  # measured: BENCHMARKS.md
+    monkeypatch.setenv(choice.ON_ENV, "all")
+    assert choice.switched_off() == frozenset()
+    monkeypatch.setenv(choice.OFF_ENV, "ynn_dots")  # an explicit off wins over the on-list
+    assert choice.switched_off() == {"ynn_dots"}
+    monkeypatch.setenv(choice.ON_ENV, "no_such_path")
+    with pytest.raises(ValueError, match="JAXNETS_CPU_ON names no path no_such_path"):
+        choice.switched_off()
+    # a path off by the table is not taken: a narrow head keeps lax's gradient there, and takes gᵀ·x when named on
+    dense = Dense(cpu.NARROW_OUTPUTS)
+    x = jnp.ones((4, cpu.NARROW_INPUTS))
+    variables = dense.init(jax.random.PRNGKey(0), x)
+    loss = lambda v: jnp.sum(dense.apply(v, x))  # noqa: E731
+    monkeypatch.setenv(choice.ON_ENV, "narrow_dense")
+    monkeypatch.setenv(choice.OFF_ENV, "")
+    assert "custom_vjp" in str(jax.make_jaxpr(cpu.with_cpu_kernels(loss))(variables))
+    monkeypatch.setenv(choice.ON_ENV, "")
+    taken = "custom_vjp" in str(jax.make_jaxpr(cpu.with_cpu_kernels(loss))(variables))
+    assert taken == ("narrow_dense" not in table)
 
 
 def layers_plain():

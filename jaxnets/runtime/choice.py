@@ -1,7 +1,9 @@
 """Which of the CPU fast paths run, per CPU kind: one table, one switch.
 
 Every path of cpu.py and native.py has a name here. A path runs unless the table switches it off for this machine's
-kind or `JAXNETS_CPU_OFF` names it (a comma-separated list of names, or "all"). The older switches stay:
+kind or `JAXNETS_CPU_OFF` names it (a comma-separated list of names, or "all"); `JAXNETS_CPU_ON` names paths to run
+even where the table switches them off (how they are measured again, by tools/kernel_table.py, and tested).
+The older switches stay:
 `JAXNETS_CPU_DOTS=xla` is `ynn_dots` off, `JAXNETS_CPU_KERNELS=xla` is the three kernels of native.py off.
 Each path is measured on whole train and predict steps per kind (BENCHMARKS.md); one that does not earn its place
 on a kind is listed in `OFF_ON` for it.
@@ -28,14 +30,17 @@ PATHS = {
 }
 NATIVE = ("pixel_dense_kernel", "small_conv_kernel", "wide_conv_kernel")
 
-# The CPU kinds jaxnets is measured on, and the paths switched off there. Empty until issue 33's per-kind
-# measurements (point 3) say a path does not speed up any standard whole step by >= 5 % on that kind.
+# The CPU kinds jaxnets is measured on, and the paths switched off there: a path that speeds up no whole step of
+# the standard set by >= 5 % on a kind (tools/kernel_table.py; the table in BENCHMARKS.md) is off on that kind.
 OFF_ON: dict[str, frozenset[str]] = {
-    "amd-avx512": frozenset(),  # AMD EPYC Zen 4 / Zen 5 (AVX-512 with BF16): where every path was measured
-    "intel-avx512": frozenset(),  # Intel Xeon with AVX-512 (Ice Lake and later)
+    # AMD EPYC Zen 4 (family 25 model 17), 2026-12-07: narrow_dense +2 % at best, -8 % on ResNet-18's train step;
+    # stored_input_conv reaches no standard step once the wide kernels take those layers
+    "amd-avx512": frozenset({"narrow_dense", "stored_input_conv"}),
+    "intel-avx512": frozenset(),  # Intel Xeon with AVX-512 (Ice Lake and later): not measured by jaxnets yet
     "other": frozenset(),  # no AVX-512 (ARM, macOS, older x86): the native kernels cannot run there anyway
 }
 OFF_ENV = "JAXNETS_CPU_OFF"
+ON_ENV = "JAXNETS_CPU_ON"
 
 
 @functools.cache
@@ -54,17 +59,23 @@ def cpu_kind() -> str:
 
 
 def switched_off() -> frozenset[str]:
-    """The paths that do not run in this process: the table's for this kind and the environment's."""
-    names = {n.strip() for n in os.environ.get(OFF_ENV, "").split(",") if n.strip()}
-    unknown = names - set(PATHS) - {"all"}
-    if unknown:
-        raise ValueError(f"{OFF_ENV} names no path {', '.join(sorted(unknown))}; the paths: {', '.join(PATHS)}")
-    off = set(PATHS) if "all" in names else names
+    """The paths that do not run in this process: the table's for this kind (less those `JAXNETS_CPU_ON` names)
+    and those `JAXNETS_CPU_OFF` names."""
+    off = _named(OFF_ENV)
     if os.environ.get("JAXNETS_CPU_DOTS", "").lower() == "xla":
         off.add("ynn_dots")
     if os.environ.get("JAXNETS_CPU_KERNELS", "").lower() == "xla":
         off.update(NATIVE)
-    return frozenset(off | OFF_ON.get(cpu_kind(), frozenset()))
+    return frozenset(off | (OFF_ON.get(cpu_kind(), frozenset()) - _named(ON_ENV)))
+
+
+def _named(variable: str) -> set[str]:
+    """The paths an environment variable names (comma-separated, or "all"); a name that is no path is an error."""
+    names = {n.strip() for n in os.environ.get(variable, "").split(",") if n.strip()}
+    unknown = names - set(PATHS) - {"all"}
+    if unknown:
+        raise ValueError(f"{variable} names no path {', '.join(sorted(unknown))}; the paths: {', '.join(PATHS)}")
+    return set(PATHS) if "all" in names else names
 
 
 def enabled(name: str) -> bool:

@@ -10,7 +10,8 @@ runtime's own notes"; today's figures: BENCHMARKS.md):
 - `ynn_dots`: every dot of our steps, and the dots XLA's convolutions become, go to the YNNPACK library
   (`compiler_options`, per `jax.jit`, never the process-wide XLA_FLAGS).
 - `one_channel_conv`: a stride-1 VALID convolution of a one-channel image (LeNet-5's first layer) as a sum of
-  shifted slices; its weight gradient is jaxnets' kernel where it runs.
+  shifted slices when it is not differentiated (predict); in a train step, and for its weight gradient, jaxnets'
+  kernel where it runs.
 - `few_channel_conv`: with 2-16 input channels, the input gradient is one matmul and a col2im sum of shifted
   windows instead of XLA:CPU's transposed convolution (jaxnets' kernels, forward and gradients, where they run).
 - `stored_input_conv`: with >= 64 input channels (or where the wide kernels take the layer), lax's gradient of the
@@ -79,7 +80,11 @@ def _lax_valid_conv(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
 
 
 def _shifted_slices_fwd(lhs, rhs):
-    return _shifted_slices_conv(lhs, rhs), (lhs, rhs)
+    # under differentiation (a train step) jaxnets' small-convolution kernel where it runs: in the whole LeNet-5
+    # train step the shifted slices' forward cost 13 % of the step against it, while a predict step gains 32 %
+    # from them (tools/kernel_table.py, BENCHMARKS.md)
+    out = native.conv_forward(lhs, rhs) if native.takes_conv(lhs, rhs) else _shifted_slices_conv(lhs, rhs)
+    return out.astype(lhs.dtype), (lhs, rhs)
 
 
 def _shifted_slices_bwd(residuals, g):
