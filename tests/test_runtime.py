@@ -199,8 +199,9 @@ def test_a_narrow_dense_layer_has_lax_values_and_gradients(batch_shape, dtype, m
 
 @pytest.mark.parametrize("features, inputs", [(cpu.NARROW_OUTPUTS + 1, cpu.NARROW_INPUTS),
                                               (cpu.NARROW_OUTPUTS, cpu.NARROW_INPUTS - 1)])
-def test_dense_layers_outside_the_narrow_shape_keep_lax_gradient(features, inputs):
-    # wider layers (XLA's own product is faster there) and short inputs are left as they are
+def test_dense_layers_outside_the_narrow_shape_keep_lax_gradient(features, inputs, monkeypatch):
+    # wider layers (XLA's own product is faster there) and short inputs are left as they are, even with the path on
+    monkeypatch.setenv(choice.ON_ENV, "narrow_dense")
     dense = Dense(features)
     x = jnp.ones((4, inputs))
     variables = dense.init(jax.random.PRNGKey(0), x)
@@ -476,7 +477,6 @@ def test_flax_modules_themselves_are_left_as_flax_wrote_them():
 
 
 def test_every_path_can_be_switched_off_and_unknown_names_are_refused(monkeypatch):
-
     step, params = _model_step("lenet5", (4, 32, 32, 1), False)
     monkeypatch.setenv(choice.OFF_ENV, "all")
     assert choice.switched_off() == frozenset(choice.PATHS)
@@ -493,11 +493,16 @@ def test_every_path_can_be_switched_off_and_unknown_names_are_refused(monkeypatc
 
 
 def test_the_kinds_table_switches_paths_off_and_jaxnets_cpu_on_brings_them_back(monkeypatch):
-    monkeypatch.delenv(choice.OFF_ENV, raising=False)
-    monkeypatch.delenv(choice.ON_ENV, raising=False)
+    for variable in (choice.OFF_ENV, choice.ON_ENV, "JAXNETS_CPU_KERNELS", "JAXNETS_CPU_DOTS"):
+        monkeypatch.delenv(variable, raising=False)
+    # the table applies where jaxnets' kernels run (it was measured with them), and not where they are off
     table = choice.OFF_ON[choice.cpu_kind()]
     assert choice.switched_off() == table
-    assert choice.OFF_ON["amd-avx512"] == {"narrow_dense", "stored_input_conv"}  # measured: BENCHMARKS.md
+    assert choice.switched_off(kernels_run=False) == frozenset()
+    assert choice.OFF_ON["amd-avx512"] == {"narrow_dense"}  # measured: BENCHMARKS.md
+    monkeypatch.setenv("JAXNETS_CPU_KERNELS", "xla")
+    assert choice.switched_off() == set(choice.NATIVE)
+    monkeypatch.delenv("JAXNETS_CPU_KERNELS")
     monkeypatch.setenv(choice.ON_ENV, "all")
     assert choice.switched_off() == frozenset()
     monkeypatch.setenv(choice.OFF_ENV, "ynn_dots")  # an explicit off wins over the on-list
@@ -515,10 +520,27 @@ def test_the_kinds_table_switches_paths_off_and_jaxnets_cpu_on_brings_them_back(
     assert "custom_vjp" in str(jax.make_jaxpr(cpu.with_cpu_kernels(loss))(variables))
     monkeypatch.setenv(choice.ON_ENV, "")
     taken = "custom_vjp" in str(jax.make_jaxpr(cpu.with_cpu_kernels(loss))(variables))
-    assert taken == ("narrow_dense" not in table)
+    assert taken == ("narrow_dense" not in table or not native.available())
 
 
 def layers_plain():
     from jaxnets.models.layers import PLAIN_OPS
 
     return PLAIN_OPS
+
+
+def test_a_one_channel_layer_runs_jaxnets_kernel_when_differentiated_and_shifted_slices_when_not():
+    # LeNet-5's first layer: the shifted slices are faster when predicting, the kernel inside a train step
+    conv = Conv(6, (5, 5), padding="VALID")
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(4, 16, 16, 1)), jnp.float32)
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    loss = lambda v: jnp.sum(jnp.sin(conv.apply(v, x)))  # noqa: E731
+    forward = str(jax.make_jaxpr(cpu.with_cpu_kernels(loss))(variables))
+    gradient = str(jax.make_jaxpr(cpu.with_cpu_kernels(jax.grad(loss)))(variables))
+    assert native.CONV_FORWARD not in forward and "custom_vjp_call[" in forward
+    assert (native.CONV_FORWARD in gradient) == native.takes_conv(x, variables["params"]["kernel"])
+    fast = jax.jit(cpu.with_cpu_kernels(jax.value_and_grad(loss)))(variables)
+    slow = jax.jit(jax.value_and_grad(loss))(variables)
+    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+

@@ -15,7 +15,7 @@ for round in 1 2; do
     $T --model $2 --mode $3 --batch $4 --size $5 --steps $7 | tail -1
   done
   echo "== round $round mnist epoch jaxnets"
-  $J epoch --model lenet5 --data ../shared/data/mnist --resize pad --batch 64 --epochs 2 --json | tail -1
+  $J epoch --model lenet5 --data ../shared/data/mnist --resize pad --batch 64 --epochs 3 --json | tail -1
   echo "== round $round mnist epoch torch"
   $TP ../shared/bench/torch_mnist_epoch.py --data ../shared/data/mnist --epochs 1 | tail -1
 done

@@ -32,10 +32,12 @@ NATIVE = ("pixel_dense_kernel", "small_conv_kernel", "wide_conv_kernel")
 
 # The CPU kinds jaxnets is measured on, and the paths switched off there: a path that speeds up no whole step of
 # the standard set by >= 5 % on a kind (tools/kernel_table.py; the table in BENCHMARKS.md) is off on that kind.
+# The table was measured with jaxnets' kernels running, so it applies only where they run: without them a path
+# listed here may be what computes a layer they would take (narrow_dense: the first layer of logistic regression).
 OFF_ON: dict[str, frozenset[str]] = {
-    # AMD EPYC Zen 4 (family 25 model 17), 2026-12-07: narrow_dense +2 % at best, -8 % on ResNet-18's train step;
-    # stored_input_conv reaches no standard step once the wide kernels take those layers
-    "amd-avx512": frozenset({"narrow_dense", "stored_input_conv"}),
+    # amd-avx512, measured on AMD EPYC Zen 4 (family 25 model 17), 2026-12-07: narrow_dense gains +2 % at best (a
+    # 4096- or 512-input head), -3 to -8 % elsewhere; the pixel-dense kernel takes the layers it was written for
+    "amd-avx512": frozenset({"narrow_dense"}),
     "intel-avx512": frozenset(),  # Intel Xeon with AVX-512 (Ice Lake and later): not measured by jaxnets yet
     "other": frozenset(),  # no AVX-512 (ARM, macOS, older x86): the native kernels cannot run there anyway
 }
@@ -58,15 +60,17 @@ def cpu_kind() -> str:
     return {"AuthenticAMD": "amd-avx512", "GenuineIntel": "intel-avx512"}.get(field("vendor_id"), "other")
 
 
-def switched_off() -> frozenset[str]:
-    """The paths that do not run in this process: the table's for this kind (less those `JAXNETS_CPU_ON` names)
-    and those `JAXNETS_CPU_OFF` names."""
+def switched_off(kernels_run: bool = True) -> frozenset[str]:
+    """The paths that do not run in this process: those `JAXNETS_CPU_OFF` names, and the table's for this kind
+    (less those `JAXNETS_CPU_ON` names) where jaxnets' kernels run (`kernels_run`: cpu.py asks native.py)."""
     off = _named(OFF_ENV)
     if os.environ.get("JAXNETS_CPU_DOTS", "").lower() == "xla":
         off.add("ynn_dots")
     if os.environ.get("JAXNETS_CPU_KERNELS", "").lower() == "xla":
         off.update(NATIVE)
-    return frozenset(off | (OFF_ON.get(cpu_kind(), frozenset()) - _named(ON_ENV)))
+    if kernels_run and not off & set(NATIVE):
+        off |= OFF_ON.get(cpu_kind(), frozenset()) - _named(ON_ENV)
+    return frozenset(off)
 
 
 def _named(variable: str) -> set[str]:
@@ -78,8 +82,8 @@ def _named(variable: str) -> set[str]:
     return set(PATHS) if "all" in names else names
 
 
-def enabled(name: str) -> bool:
-    """Whether the path `name` (a key of PATHS) runs in this process."""
+def enabled(name: str, kernels_run: bool = True) -> bool:
+    """Whether the path `name` (a key of PATHS) runs in this process (see `switched_off`)."""
     if name not in PATHS:
         raise KeyError(name)
-    return name not in switched_off()
+    return name not in switched_off(kernels_run)

@@ -17,8 +17,8 @@ runtime's own notes"; today's figures: BENCHMARKS.md):
 - `stored_input_conv`: with >= 64 input channels (or where the wide kernels take the layer), lax's gradient of the
   stored input, not of the fusion XLA would otherwise re-derive inside its channel-major transpose; jaxnets' wide
   kernels compute the forward and either gradient where they run (native.py).
-- `narrow_dense`: few outputs from many inputs (logistic regression, the shallow net): the kernel's gradient as
-  gᵀ·x from a stored buffer, transposed.
+- `narrow_dense`: few outputs from many inputs (a narrow head; logistic regression and the shallow net where the
+  pixel-dense kernel does not run): the kernel's gradient as gᵀ·x from a stored buffer, transposed.
 - `pixel_dense_kernel`: `PixelDense` straight from uint8 pixels by jaxnets' kernel (native.py).
 - `batch_norm_sums`, `conv_bias_sums`: reductions.py.
 
@@ -46,6 +46,11 @@ ENV = "JAXNETS_CPU_DOTS"
 _NHWC = layers.NHWC
 
 
+def _on(name: str) -> bool:
+    """Whether the path `name` runs here: choice.py's switches, its kind's table where jaxnets' kernels run."""
+    return choice.enabled(name, kernels_run=native.available())
+
+
 @functools.cache
 def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
     """Whether this jaxlib knows the options (they are experimental: a newer or older one may not)."""
@@ -61,7 +66,7 @@ def compiler_options() -> dict[str, Any] | None:
     choice_ = os.environ.get(ENV, "ynn").lower()
     if choice_ not in ("ynn", "xla"):
         raise ValueError(f"{ENV} must be 'ynn' or 'xla', got {choice_!r}")
-    if not choice.enabled("ynn_dots"):
+    if not _on("ynn_dots"):
         return None
     return dict(YNN_DOTS) if _accepted(tuple(YNN_DOTS.items())) else None
 
@@ -221,7 +226,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     or 16·k outputs (its weight gradient from the stored input; jaxnets' wide kernels, forward and gradients,
     where they run): see the module docstring. jaxnets' small-convolution kernels run inside the one- and
     few-channel paths; the wide kernels wherever they take a layer."""
-    ones, on = (None, (1, 1), [1, 1]), choice.enabled
+    ones, on = (None, (1, 1), [1, 1]), _on
     plain = (lhs.ndim == 4 and tuple(window_strides) == (1, 1)
              and (padding == "VALID" or all(tuple(p) == (0, 0) for p in padding))
              and lhs_dilation in ones and rhs_dilation in ones and feature_group_count == 1
@@ -246,7 +251,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 def pixel_dense(pixels: jax.Array, kernel: jax.Array, bias: jax.Array | None, standardize: Callable):
     """`LayerOps.pixel_dense`: jaxnets' kernel where it takes the layer (uint8 pixels, float32 weights, an affine
     standardize, 1/2/4/8/16 outputs), else None (then `PixelDense` is standardize + the product)."""
-    if not choice.enabled("pixel_dense_kernel") or not native.takes(pixels, kernel):
+    if not _on("pixel_dense_kernel") or not native.takes(pixels, kernel):
         return None
     if bias is None:
         bias = jnp.zeros(kernel.shape[1], jnp.float32)
@@ -257,7 +262,7 @@ def pixel_dense(pixels: jax.Array, kernel: jax.Array, bias: jax.Array | None, st
 def layer_ops() -> layers.LayerOps:
     """The `LayerOps` of XLA:CPU: each path of the module docstring that `choice` leaves on, the plain function
     for the others."""
-    plain, on = layers.PLAIN_OPS, choice.enabled
+    plain, on = layers.PLAIN_OPS, _on
     return layers.LayerOps(
         conv_general_dilated=conv_general_dilated,
         dot_general=dot_general if on("narrow_dense") else plain.dot_general,
