@@ -19,11 +19,8 @@ import argparse
 import json
 import os
 import re
-import time
 
-import jax
-
-from jaxnets.bench.steps import machine, step_runner
+from jaxnets.bench.steps import bench_step, machine, step_runner
 from jaxnets.runtime import choice
 
 # (model, mode, batch, size, channels, options, steps): 14 of the standard set's 17 rows (tools/bench_suite.py),
@@ -71,18 +68,11 @@ def _program(row, off: str | None) -> str:
 
 
 def _images_per_s(row, off: str | None) -> float:
-    """One measurement of the whole step with `off` switched off: compile, warm, then `steps` steps."""
+    """One measurement of the whole step with `off` switched off: `jaxnets bench`'s own timing (compile, warm,
+    then `steps` steps)."""
     model, mode, batch, size, channels, options, steps = row
     _with_off(off)
-    run, state, *_ = step_runner(mode, model, batch, size, channels, options=options)
-    for _ in range(3):
-        state, out = run(state)
-    jax.block_until_ready(out)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, out = run(state)
-    jax.block_until_ready(out)
-    return batch * steps / (time.perf_counter() - t0)
+    return bench_step(mode, model, batch, size, channels, steps=steps, warmup=3, options=options)["images_per_s"]
 
 
 def measure_row(row, rounds: int) -> list[dict]:
