@@ -6,11 +6,12 @@
 // converted in a register, scaled, and multiplied into the weights: the batch is read once, as bytes.
 //
 // Layout: x [N, K] uint8 (any trailing shape, flattened), scale/shift [K] (the spec's normalisation per
-// input position), w [K, O] (Flax's kernel, not transposed), bias [O]; O divides 16. For O > 1 one
-// 16-float load of w holds G = 16 / O input positions x O outputs, and each position's pixel is spread
-// over its O lanes by a permutation; lane l of an accumulator belongs to output l % O.
-// Rows are split between the calling thread and XLA's intra-op pool (parallel.h).
-//
+// input position), w [K, O] (Flax's kernel, not transposed), bias [O]; O divides 16. The positions are cut
+// into chunks, the tasks split between the calling thread and XLA's intra-op pool (parallel.h): a chunk's
+// weights are transposed in registers to one register per output and 16 positions, scaled, and kept in L1,
+// so each row's 16 pixels cost one conversion and O multiply-adds; chunks' sums are added at the end.
+// (Spreading each row's pixels over a position-major register instead took O permutations per row.)
+
 // Its weight gradient, for training from pixels, reads the same bytes:
 //   dw[k, o] = scale[k] * sum_n x[n, k] * g[n, o] + shift[k] * sum_n g[n, o]
 // 16 input positions along the lanes, KB x O registers (KB blocks of 16 positions, O outputs); per batch row one
@@ -20,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "parallel.h"
 #include "xla/ffi/api/ffi.h"
@@ -35,97 +37,103 @@ inline __m512 pixels16(const uint8_t* p) {
 struct Problem {
   const uint8_t* x;
   const float* scale;
+  const float* shift;
   const float* w;
-  float* out;  // [N, O], the sums without the offset
-  int64_t n, k, o;
+  float* partial;  // [chunks, N, O]: each chunk's sums over its positions, without the offset
+  float* offset;   // [chunks, O]: each chunk's share of sum_k shift[k] * w[k, o]
+  int64_t n, k;
 };
 
+// A chunk of positions is 16 KB of scaled, transposed weights: it stays in L1 while every row passes over it.
 template <int O>
-__m512i spread_lanes(int m) {  // lane l of the m-th 16-float load of w belongs to input position m * G + l / O
+constexpr int64_t kChunk = 4096 / O;
+template <int O>
+constexpr int kRows = O <= 2 ? 8 : 16 / O;  // R x O accumulators: at most 16 registers
+
+inline __m512i unzip_lanes(int odd) {  // the even (or odd) lanes of two registers, as one
   alignas(64) int32_t lanes[16];
-  for (int l = 0; l < 16; ++l) lanes[l] = m * (16 / O) + l / O;
+  for (int l = 0; l < 16; ++l) lanes[l] = 2 * l + odd;
   return _mm512_load_si512(lanes);
 }
 
-// rows [n0, n1) of `p`, O outputs, R rows at a time (the last block repeats its last row, written once)
-template <int O, int R>
-void block_rows(const Problem& p, int64_t n0, int64_t n1) {
-  constexpr int G = 16 / O;
-  __m512i spread[O];
-  for (int m = 0; m < O; ++m) spread[m] = spread_lanes<O>(m);
-  const int64_t K = p.k, K16 = K / 16 * 16;
-  for (int64_t nb = n0; nb < n1; nb += R) {
-    const uint8_t* row[R];
-    __m512 acc[R];
-    for (int r = 0; r < R; ++r) {
-      row[r] = p.x + std::min(nb + r, n1 - 1) * K;
-      acc[r] = _mm512_setzero_ps();
-    }
-    for (int64_t k = 0; k < K16; k += 16) {
-      const __m512 s = _mm512_loadu_ps(p.scale + k);
-      __m512 xs[R];
-      for (int r = 0; r < R; ++r) xs[r] = _mm512_mul_ps(pixels16(row[r] + k), s);
-      for (int m = 0; m < O; ++m) {
-        const __m512 wv = _mm512_loadu_ps(p.w + (k + m * G) * O);
-        for (int r = 0; r < R; ++r) {
-          const __m512 xv = O == 1 ? xs[r] : _mm512_permutexvar_ps(spread[m], xs[r]);
-          acc[r] = _mm512_fmadd_ps(xv, wv, acc[r]);
-        }
-      }
-    }
-    for (int r = 0; r < R && nb + r < n1; ++r) {
-      alignas(64) float lanes[16];
-      _mm512_store_ps(lanes, acc[r]);
-      float sums[O] = {};
-      for (int l = 0; l < 16; ++l) sums[l % O] += lanes[l];
-      for (int64_t k = K16; k < K; ++k)
-        for (int o = 0; o < O; ++o) sums[o] += row[r][k] * p.scale[k] * p.w[k * O + o];
-      for (int o = 0; o < O; ++o) p.out[(nb + r) * O + o] = sums[o];
-    }
-  }
-}
-
-constexpr int64_t kRowsPerTask = 8;
-
-void some_rows(const Problem& p, int64_t n0, int64_t n1) {
-  switch (p.o) {
-    case 1: return block_rows<1, 8>(p, n0, n1);
-    case 2: return block_rows<2, 8>(p, n0, n1);
-    case 4: return block_rows<4, 8>(p, n0, n1);
-    case 8: return block_rows<8, 4>(p, n0, n1);
-    default: return block_rows<16, 4>(p, n0, n1);
-  }
-}
-
-// offset[o] = bias[o] + sum_k shift[k] * w[k, o]: the normalisation's shift, once per call
+// The 16 x O weights at one block of positions (w's layout, position-major) as O registers, register o holding
+// output o's weights at the 16 positions: log2(O) rounds of unzipping pairs move the position index to the lanes.
 template <int O>
-void offset_sums(const float* shift, const float* w, const float* bias, float* offset, int64_t K) {
-  constexpr int G = 16 / O;
-  const int64_t K16 = K / 16 * 16;
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K16; k += 16) {
-    const __m512 sv = _mm512_loadu_ps(shift + k);
-    for (int m = 0; m < O; ++m) {
-      const __m512 xv = O == 1 ? sv : _mm512_permutexvar_ps(spread_lanes<O>(m), sv);
-      acc = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w + (k + m * G) * O), acc);
+inline void transpose_block(const float* w, __m512* t, __m512i evens, __m512i odds) {
+  for (int m = 0; m < O; ++m) t[m] = _mm512_loadu_ps(w + 16 * m);
+  for (int round = 1; round < O; round *= 2) {
+    __m512 u[O];
+    for (int i = 0; i < O / 2; ++i) {
+      u[i] = _mm512_permutex2var_ps(t[2 * i], evens, t[2 * i + 1]);
+      u[O / 2 + i] = _mm512_permutex2var_ps(t[2 * i], odds, t[2 * i + 1]);
     }
+    for (int m = 0; m < O; ++m) t[m] = u[m];
   }
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, acc);
-  for (int o = 0; o < O; ++o) offset[o] = bias[o];
-  for (int l = 0; l < 16; ++l) offset[l % O] += lanes[l];
-  for (int64_t k = K16; k < K; ++k)
-    for (int o = 0; o < O; ++o) offset[o] += shift[k] * w[k * O + o];
 }
 
-void offsets(const float* shift, const float* w, const float* bias, float* offset, int64_t K, int64_t O) {
-  switch (O) {
-    case 1: return offset_sums<1>(shift, w, bias, offset, K);
-    case 2: return offset_sums<2>(shift, w, bias, offset, K);
-    case 4: return offset_sums<4>(shift, w, bias, offset, K);
-    case 8: return offset_sums<8>(shift, w, bias, offset, K);
-    default: return offset_sums<16>(shift, w, bias, offset, K);
+// Chunk c of the positions for every row: its weights are transposed and scaled once (and its share of the
+// offset summed), then each row's 16 pixels meet them in O multiply-adds with no shuffle.
+template <int O>
+void chunk_sums(const Problem& p, int64_t c) {
+  constexpr int R = kRows<O>;
+  const int64_t k0 = c * kChunk<O>, k1 = std::min(p.k, k0 + kChunk<O>), blocks = (k1 - k0) / 16;
+  alignas(64) float scaled[kChunk<O> / 16][O][16];
+  const __m512i evens = unzip_lanes(0), odds = unzip_lanes(1);
+  __m512 off[O];
+  for (int o = 0; o < O; ++o) off[o] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t k = k0 + 16 * b;
+    __m512 t[O];
+    transpose_block<O>(p.w + k * O, t, evens, odds);
+    const __m512 s = _mm512_loadu_ps(p.scale + k), h = _mm512_loadu_ps(p.shift + k);
+    for (int o = 0; o < O; ++o) {
+      off[o] = _mm512_fmadd_ps(h, t[o], off[o]);
+      _mm512_store_ps(scaled[b][o], _mm512_mul_ps(t[o], s));
+    }
   }
+  float* part = p.partial + c * p.n * O;
+  for (int64_t nb = 0; nb < p.n; nb += R) {  // the last group repeats its last row, written once
+    const uint8_t* row[R];
+    __m512 acc[R][O];
+    for (int r = 0; r < R; ++r) {
+      row[r] = p.x + std::min(nb + r, p.n - 1) * p.k + k0;
+      for (int o = 0; o < O; ++o) acc[r][o] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int r = 0; r < R; ++r) {
+        const __m512 xv = pixels16(row[r] + 16 * b);
+        for (int o = 0; o < O; ++o) acc[r][o] = _mm512_fmadd_ps(xv, _mm512_load_ps(scaled[b][o]), acc[r][o]);
+      }
+    for (int r = 0; r < R && nb + r < p.n; ++r)
+      for (int o = 0; o < O; ++o) {
+        float sum = _mm512_reduce_add_ps(acc[r][o]);
+        for (int64_t k = k0 + 16 * blocks; k < k1; ++k) sum += row[r][k - k0] * p.scale[k] * p.w[k * O + o];
+        part[(nb + r) * O + o] = sum;
+      }
+  }
+  for (int o = 0; o < O; ++o) {
+    float sum = _mm512_reduce_add_ps(off[o]);
+    for (int64_t k = k0 + 16 * blocks; k < k1; ++k) sum += p.shift[k] * p.w[k * O + o];
+    p.offset[c * O + o] = sum;
+  }
+}
+
+template <int O>
+void pixel_dense(ffi::ThreadPool& pool, const Problem& p, const float* bias, float* y) {
+  const int64_t chunks = (p.k + kChunk<O> - 1) / kChunk<O>;
+  std::vector<float> partial(chunks * p.n * O), offset(chunks * O);
+  Problem q = p;
+  q.partial = partial.data();
+  q.offset = offset.data();
+  jaxnets::parallel_tasks(pool, chunks, p.n * p.k * O >= jaxnets::kThreadedMacs,
+                          [q](int64_t c) { chunk_sums<O>(q, c); });
+  for (int64_t o = 0; o < O; ++o) {
+    float sum = bias[o];
+    for (int64_t c = 0; c < chunks; ++c) sum += offset[c * O + o];
+    for (int64_t n = 0; n < p.n; ++n) y[n * O + o] = sum;
+  }
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t i = 0; i < p.n * O; ++i) y[i] += partial[c * p.n * O + i];
 }
 
 ffi::Error PixelDense(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> x, ffi::Buffer<ffi::F32> scale,
@@ -137,14 +145,16 @@ ffi::Error PixelDense(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> x, ffi::Buffer<
       shift.element_count() != K || O < 1 || 16 % O != 0)
     return ffi::Error::InvalidArgument("pixel_dense: shapes do not match x [N, K], w [K, O] with O dividing 16");
   if (N == 0) return ffi::Error::Success();
-  const Problem p{x.typed_data(), scale.typed_data(), w.typed_data(), out->typed_data(), N, K, O};
-  jaxnets::parallel_tasks(pool, (N + kRowsPerTask - 1) / kRowsPerTask, N * K * O >= jaxnets::kThreadedMacs,
-                          [p](int64_t t) { some_rows(p, t * kRowsPerTask, std::min(p.n, (t + 1) * kRowsPerTask)); });
-  float offset[16];
-  offsets(shift.typed_data(), w.typed_data(), bias.typed_data(), offset, K, O);
+  const Problem p{x.typed_data(), scale.typed_data(), shift.typed_data(), w.typed_data(), nullptr, nullptr, N, K};
+  const float* b = bias.typed_data();
   float* y = out->typed_data();
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t o = 0; o < O; ++o) y[n * O + o] += offset[o];
+  switch (O) {
+    case 1: pixel_dense<1>(pool, p, b, y); break;
+    case 2: pixel_dense<2>(pool, p, b, y); break;
+    case 4: pixel_dense<4>(pool, p, b, y); break;
+    case 8: pixel_dense<8>(pool, p, b, y); break;
+    default: pixel_dense<16>(pool, p, b, y); break;
+  }
   return ffi::Error::Success();
 }
 
