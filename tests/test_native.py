@@ -165,6 +165,9 @@ def _lax_conv(x, w):
     ((2, 6, 6, 4), (6, 6, 4, 7)),       # the kernel as large as the image: one output position
     ((3, 9, 11, 16), (3, 3, 16, 16)),   # 16 channels: three chunks of the input gradient
     ((2, 3, 3, 2), (2, 2, 2, 9)),       # rows narrower than a block of the input gradient
+    ((3, 40, 37, 1), (3, 4, 1, 16)),    # one channel, 16 outputs: 34 outputs a row (three 16-lane groups)
+    ((4, 9, 20, 1), (7, 5, 1, 9)),      # one channel, 9 outputs: one tap of the gradient at a time
+    ((2, 5, 6, 1), (2, 3, 1, 1)),       # one channel, one output, 4 outputs a row
 ])
 def test_the_conv_kernels_compute_lax_convolution_and_its_gradients(x_shape, w_shape):
     rng = np.random.default_rng(sum(x_shape) + sum(w_shape))
@@ -194,6 +197,12 @@ def test_the_conv_kernels_propagate_non_finite_values():
     assert np.isnan(y[1, :3, 1:4]).all() and np.isfinite(y[0]).all() and np.isfinite(y[1, 3:]).all()
     d_w = jax.jit(native.conv_weight_grad, static_argnums=2)(x, jnp.ones((2, 6, 6, 4), jnp.float32), w.shape)
     assert np.isnan(np.asarray(d_w)[..., 0, :]).all() and np.isfinite(np.asarray(d_w)[..., 1:, :]).all()
+    # one channel (its own kernels): the NaN reaches exactly the outputs and taps that read it
+    x1, w1 = jnp.ones((2, 12, 20, 1), jnp.float32).at[1, 5, 17, 0].set(jnp.nan), jnp.ones((3, 3, 1, 6), jnp.float32)
+    y1 = np.asarray(jax.jit(native.conv_forward)(x1, w1))
+    assert np.isnan(y1[1, 3:6, 15:18]).all() and np.isfinite(y1[0]).all() and np.isfinite(y1).sum() == y1.size - 9 * 6
+    d_w1 = jax.jit(native.conv_weight_grad, static_argnums=2)(x1, jnp.ones(y1.shape, jnp.float32), w1.shape)
+    assert np.isnan(np.asarray(d_w1)).all()
 
 
 def _conv(x, w, strides, padding):

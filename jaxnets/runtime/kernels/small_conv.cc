@@ -15,7 +15,9 @@
 //   with gp the output gradient zero-padded by KH-1 / KW-1 on every side and wf the kernel flipped (the caller
 //   does both): the contraction over the O outputs runs along the lanes, one horizontal sum per input value.
 //   B x CC values (positions x channels) in registers, one load of gp per position and of wf per channel.
-// Lanes beyond O are masked: never read, never written.
+// With one input channel (LeNet-5's first layer) O lanes of 16 would idle: the forward and the weight gradient
+// put 16 consecutive outputs of a row along the lanes instead (one_channel_row, one_channel_weight_grad).
+// Lanes beyond O (or beyond a row's end) are masked: never read, never written.
 
 #include <immintrin.h>
 
@@ -82,6 +84,44 @@ void forward_row(const Shape& s, const float* x, const float* w, float* y, int64
   }
 }
 
+// One input channel (LeNet-5's first layer): 16 consecutive outputs of a row along the lanes, one register per
+// output channel, so every lane is used whatever O is; each tap is one load of the row and O multiply-adds with
+// the tap's weights broadcast. The O registers are interleaved into NHWC through a small buffer.
+template <int O>
+void one_channel_row(const Shape& s, const float* x, const float* w, float* y, int64_t n, int64_t oy) {
+  const int64_t kh = s.kh, kw = s.kw, ow = s.ow, iw = s.w;
+  for (int64_t ox0 = 0; ox0 < ow; ox0 += 16) {
+    const int64_t lanes = std::min<int64_t>(16, ow - ox0);
+    const __mmask16 m = out_lanes(lanes);
+    __m512 acc[O];
+#pragma GCC unroll 16
+    for (int o = 0; o < O; ++o) acc[o] = _mm512_setzero_ps();
+    for (int64_t ky = 0; ky < kh; ++ky) {
+      const float* xr = x + (n * s.h + oy + ky) * iw + ox0;
+      const float* wr = w + ky * kw * O;
+      for (int64_t kx = 0; kx < kw; ++kx) {
+        const __m512 xv = _mm512_maskz_loadu_ps(m, xr + kx);
+#pragma GCC unroll 16
+        for (int o = 0; o < O; ++o) acc[o] = _mm512_fmadd_ps(xv, _mm512_set1_ps(wr[kx * O + o]), acc[o]);
+      }
+    }
+    alignas(64) float lanes_of[O][16];
+#pragma GCC unroll 16
+    for (int o = 0; o < O; ++o) _mm512_store_ps(lanes_of[o], acc[o]);
+    float* yr = y + ((n * s.oh + oy) * ow + ox0) * O;
+    for (int64_t l = 0; l < lanes; ++l)
+#pragma GCC unroll 16
+      for (int o = 0; o < O; ++o) yr[l * O + o] = lanes_of[o][l];
+  }
+}
+
+using Row = void (*)(const Shape&, const float*, const float*, float*, int64_t, int64_t);
+template <int... O>
+constexpr auto one_channel_table(std::integer_sequence<int, O...>) {
+  return std::array<Row, sizeof...(O)>{one_channel_row<O + 1>...};
+}
+constexpr auto kOneChannel = one_channel_table(std::make_integer_sequence<int, 16>{});
+
 constexpr int kMaxRun = 16;  // rows of dw per pass (registers: kMaxRun accumulators + 1 gradient)
 
 template <int R>
@@ -127,6 +167,71 @@ void weight_grad_slice(const Shape& s, const float* x, const float* g, float* pa
     }
   }
 }
+
+// The weight gradient of one input channel, batch entries [n0, n1): like its forward, 16 consecutive outputs of a
+// row along the lanes. The slice's rows of g are first turned channel-major (zero beyond each row's end); then
+// for each kernel row ky and a few taps kx at a time, KX x O sums stay in registers over every row of the slice:
+// per 16 outputs one shifted load of x per tap and one load of g per output channel. No lane idles whatever O is.
+template <int O, int KX>
+void one_channel_taps(const Shape& s, const float* x, const float* g_rows, float* partial, int64_t n0, int64_t n1,
+                      int64_t ky, int64_t kx0) {
+  const int64_t ow = s.ow, oh = s.oh, groups = (ow + 15) / 16, iw = s.w, ih = s.h;
+  __m512 acc[KX][O];
+#pragma GCC unroll 16
+  for (int j = 0; j < KX; ++j)
+#pragma GCC unroll 16
+    for (int k = 0; k < O; ++k) acc[j][k] = _mm512_setzero_ps();
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t oy = 0; oy < oh; ++oy) {
+      const float* xr = x + (n * ih + oy + ky) * iw + kx0;
+      const float* gr = g_rows + ((n - n0) * oh + oy) * O * groups * 16;
+      for (int64_t b = 0; b < groups; ++b) {
+        const __mmask16 m = out_lanes(std::min<int64_t>(16, ow - 16 * b));
+        __m512 xv[KX];
+#pragma GCC unroll 16
+        for (int j = 0; j < KX; ++j) xv[j] = _mm512_maskz_loadu_ps(m, xr + 16 * b + j);
+#pragma GCC unroll 16
+        for (int k = 0; k < O; ++k) {
+          const __m512 gv = _mm512_loadu_ps(gr + (k * groups + b) * 16);
+#pragma GCC unroll 16
+          for (int j = 0; j < KX; ++j) acc[j][k] = _mm512_fmadd_ps(xv[j], gv, acc[j][k]);
+        }
+      }
+    }
+#pragma GCC unroll 16
+  for (int j = 0; j < KX; ++j) {  // partial [KH * KW, 16]: lane o of each tap's row, as the other slices write
+    alignas(64) float lanes[16] = {};
+#pragma GCC unroll 16
+    for (int k = 0; k < O; ++k) lanes[k] = _mm512_reduce_add_ps(acc[j][k]);
+    _mm512_storeu_ps(partial + (ky * s.kw + kx0 + j) * 16, _mm512_load_ps(lanes));
+  }
+}
+
+template <int O>
+void one_channel_weight_grad(const Shape& s, const float* x, const float* g, float* partial, int64_t n0,
+                             int64_t n1) {
+  constexpr int KX = O <= 4 ? 4 : (O <= 8 ? 2 : 1);  // KX x O sums: at most 24 registers
+  const int64_t ow = s.ow, oh = s.oh, groups = (ow + 15) / 16;
+  std::vector<float> g_rows(static_cast<size_t>((n1 - n0) * oh * O * groups * 16), 0.0f);
+  for (int64_t r = 0; r < (n1 - n0) * oh; ++r) {
+    const float* gr = g + (n0 * oh + r) * ow * O;
+    float* out = g_rows.data() + r * O * groups * 16;
+    for (int64_t ox = 0; ox < ow; ++ox)
+      for (int k = 0; k < O; ++k) out[k * groups * 16 + ox] = gr[ox * O + k];
+  }
+  for (int64_t ky = 0; ky < s.kh; ++ky) {
+    int64_t kx = 0;
+    for (; kx + KX <= s.kw; kx += KX) one_channel_taps<O, KX>(s, x, g_rows.data(), partial, n0, n1, ky, kx);
+    for (; kx < s.kw; ++kx) one_channel_taps<O, 1>(s, x, g_rows.data(), partial, n0, n1, ky, kx);
+  }
+}
+
+using Slice = void (*)(const Shape&, const float*, const float*, float*, int64_t, int64_t);
+template <int... O>
+constexpr auto one_channel_grad_table(std::integer_sequence<int, O...>) {
+  return std::array<Slice, sizeof...(O)>{one_channel_weight_grad<O + 1>...};
+}
+constexpr auto kOneChannelGrad = one_channel_grad_table(std::make_integer_sequence<int, 16>{});
 
 constexpr int kGradPositions = 4, kGradChannels = 6;  // registers: 4 x 6 accumulators + 6 weights + 1 gradient
 
@@ -211,9 +316,9 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   float* yd = y->typed_data();
   constexpr int64_t kRows = 2;
   const int64_t rows = s.n * s.oh;
+  const Row row = s.c == 1 ? kOneChannel[s.o - 1] : forward_row;
   jaxnets::parallel_tasks(pool, (rows + kRows - 1) / kRows, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
-    for (int64_t r = t * kRows; r < std::min(rows, (t + 1) * kRows); ++r)
-      forward_row(s, xd, wd, yd, r / s.oh, r % s.oh);
+    for (int64_t r = t * kRows; r < std::min(rows, (t + 1) * kRows); ++r) row(s, xd, wd, yd, r / s.oh, r % s.oh);
   });
   return ffi::Error::Success();
 }
@@ -235,7 +340,8 @@ ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const float *xd = x.typed_data(), *gd = g.typed_data();
   float* pd = partial.data();
   jaxnets::parallel_tasks(pool, tasks, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
-    weight_grad_slice(s, xd, gd, pd + t * rows * 16, t * per, std::min(s.n, (t + 1) * per));
+    (s.c == 1 ? kOneChannelGrad[s.o - 1] : weight_grad_slice)(s, xd, gd, pd + t * rows * 16, t * per,
+                                                             std::min(s.n, (t + 1) * per));
   });
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t o = 0; o < s.o; ++o) {
