@@ -207,10 +207,18 @@ void one_channel_taps(const Shape& s, const float* x, const float* g_rows, float
   }
 }
 
+// a kernel row's taps from kx on: KX at a time while they fit, then fewer
+template <int O, int KX>
+void taps_from(const Shape& s, const float* x, const float* g_rows, float* partial, int64_t n0, int64_t n1,
+               int64_t ky, int64_t kx) {
+  for (; kx + KX <= s.kw; kx += KX) one_channel_taps<O, KX>(s, x, g_rows, partial, n0, n1, ky, kx);
+  if constexpr (KX > 1) taps_from<O, KX - 1>(s, x, g_rows, partial, n0, n1, ky, kx);
+}
+
 template <int O>
 void one_channel_weight_grad(const Shape& s, const float* x, const float* g, float* partial, int64_t n0,
                              int64_t n1) {
-  constexpr int KX = O <= 4 ? 4 : (O <= 8 ? 2 : 1);  // KX x O sums: at most 24 registers
+  constexpr int KX = std::max(1, std::min(5, 30 / O));  // KX x O sums: at most 30 registers
   const int64_t ow = s.ow, oh = s.oh, groups = (ow + 15) / 16;
   std::vector<float> g_rows(static_cast<size_t>((n1 - n0) * oh * O * groups * 16), 0.0f);
   for (int64_t r = 0; r < (n1 - n0) * oh; ++r) {
@@ -219,11 +227,7 @@ void one_channel_weight_grad(const Shape& s, const float* x, const float* g, flo
     for (int64_t ox = 0; ox < ow; ++ox)
       for (int k = 0; k < O; ++k) out[k * groups * 16 + ox] = gr[ox * O + k];
   }
-  for (int64_t ky = 0; ky < s.kh; ++ky) {
-    int64_t kx = 0;
-    for (; kx + KX <= s.kw; kx += KX) one_channel_taps<O, KX>(s, x, g_rows.data(), partial, n0, n1, ky, kx);
-    for (; kx < s.kw; ++kx) one_channel_taps<O, 1>(s, x, g_rows.data(), partial, n0, n1, ky, kx);
-  }
+  for (int64_t ky = 0; ky < s.kh; ++ky) taps_from<O, KX>(s, x, g_rows.data(), partial, n0, n1, ky, 0);
 }
 
 using Slice = void (*)(const Shape&, const float*, const float*, float*, int64_t, int64_t);
@@ -334,7 +338,8 @@ ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
     return ffi::Error::Success();
   }
   // slices of the batch: enough for two cores to balance, few enough that the partials stay small
-  const int64_t slices = std::min<int64_t>(s.n, 8), per = (s.n + slices - 1) / slices;
+  // (one channel: one image a slice, so its channel-major rows of g stay in L1 through every pass)
+  const int64_t slices = s.c == 1 ? s.n : std::min<int64_t>(s.n, 8), per = (s.n + slices - 1) / slices;
   const int64_t tasks = (s.n + per - 1) / per;
   std::vector<float> partial(static_cast<size_t>(tasks * rows * 16));
   const float *xd = x.typed_data(), *gd = g.typed_data();
