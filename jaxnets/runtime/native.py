@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 
 ENV = "JAXNETS_CPU_KERNELS"  # "xla" leaves every layer to XLA's operations
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = (KERNELS / "pixel_dense.cc", KERNELS / "small_conv.cc", KERNELS / "wide_conv.cc")
-HEADERS = (KERNELS / "parallel.h",)
+SOURCES = tuple(KERNELS / name for name in ("pixel_dense.cc", "small_conv.cc", "conv_input_grad.cc", "wide_conv.cc"))
+HEADERS = (KERNELS / "parallel.h", KERNELS / "small_conv.h")
 TARGET, PIXEL_WEIGHT_GRAD = "jaxnets_pixel_dense", "jaxnets_pixel_dense_weight_grad"
 CONV_FORWARD, CONV_WEIGHT_GRAD = "jaxnets_conv_forward", "jaxnets_conv_weight_grad"
 CONV_INPUT_GRAD, WIDE_CONV_WEIGHT_GRAD = "jaxnets_conv_input_grad", "jaxnets_wide_conv_weight_grad"
@@ -235,13 +235,12 @@ def conv_weight_grad(lhs: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]
 
 
 def conv_input_grad(g: jax.Array, rhs: jax.Array) -> jax.Array:
-    """The gradient of that convolution's input for the output cotangent `g` (where `takes_conv`): the padding
-    and the kernel's flip are XLA's (small), the contraction over the outputs is the kernel's."""
+    """The gradient of that convolution's input for the output cotangent `g` (where `takes_conv`), by the kernel:
+    g and the kernel as they lie, no padding or flip."""
     n, oh, ow, _ = g.shape
     kh, kw, c, _ = rhs.shape
-    padded = jnp.pad(g.astype(jnp.float32), ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
     out = jax.ShapeDtypeStruct((n, oh + kh - 1, ow + kw - 1, c), jnp.float32)
-    return jax.ffi.ffi_call(CONV_INPUT_GRAD, out)(padded, rhs[::-1, ::-1])
+    return jax.ffi.ffi_call(CONV_INPUT_GRAD, out)(g.astype(jnp.float32), rhs)
 
 
 WIDE_CHANNELS = 128  # at most this many input and output channels: beyond, XLA's own weight gradient is as fast

@@ -11,10 +11,7 @@
 // conv_weight_grad: dw[ky, kx, c, o] = sum_{n, oy, ox} x[n, oy + ky, ox + kx, c] * g[n, oy, ox, o]
 //   R rows (ky, a run of (kx, c)) of dw in R registers; for each output position one load of g, R broadcasts
 //   of x. The batch is cut into slices, each slice sums into its own partial dw, the partials are added last.
-// conv_input_grad:  dx[n, iy, ix, c] = sum_{ky, kx} <gp[n, iy + ky, ix + kx, :], wf[ky, kx, c, :]>
-//   with gp the output gradient zero-padded by KH-1 / KW-1 on every side and wf the kernel flipped (the caller
-//   does both): the contraction over the O outputs runs along the lanes, one horizontal sum per input value.
-//   B x CC values (positions x channels) in registers, one load of gp per position and of wf per channel.
+// conv_input_grad: conv_input_grad.cc.
 // With one input channel (LeNet-5's first layer) O lanes of 16 would idle: the forward and the weight gradient
 // put 16 consecutive outputs of a row along the lanes instead (one_channel_row, one_channel_weight_grad).
 // Lanes beyond O (or beyond a row's end) are masked: never read, never written.
@@ -28,19 +25,16 @@
 #include <vector>
 
 #include "parallel.h"
+#include "small_conv.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-struct Shape {
-  int64_t n, h, w, c, kh, kw, o, oh, ow;
-  int64_t run() const { return kw * c; }  // one kernel row's inputs (kx, c), contiguous in x and in w
-  int64_t macs() const { return n * oh * ow * kh * kw * c * o; }
-};
-
-inline __mmask16 out_lanes(int64_t o) { return static_cast<__mmask16>((1u << o) - 1u); }
+using jaxnets::conv_shape;
+using jaxnets::out_lanes;
+using jaxnets::Shape;
 
 constexpr int kMaxBlock = 12;  // outputs of a row per block (registers: kMaxBlock accumulators + 1 weight)
 
@@ -237,80 +231,6 @@ constexpr auto one_channel_grad_table(std::integer_sequence<int, O...>) {
 }
 constexpr auto kOneChannelGrad = one_channel_grad_table(std::make_integer_sequence<int, 16>{});
 
-constexpr int kGradPositions = 4, kGradChannels = 6;  // registers: 4 x 6 accumulators + 6 weights + 1 gradient
-
-template <int CC, int B>
-void input_grad_block(const Shape& s, const float* gp, const float* wf, float* dx, int64_t n, int64_t iy,
-                      int64_t ix0, int64_t c0) {
-  const int64_t c = s.c, o = s.o, kh = s.kh, kw = s.kw, gw = s.w + kw - 1, gh = s.h + kh - 1;
-  const __mmask16 m = out_lanes(o);
-  __m512 acc[B][CC];
-#pragma GCC unroll 16
-  for (int b = 0; b < B; ++b)
-#pragma GCC unroll 16
-    for (int k = 0; k < CC; ++k) acc[b][k] = _mm512_setzero_ps();
-  // rows of gp that are all padding add nothing: only the kernel rows that meet the gradient's OH rows (so a
-  // non-finite weight in a skipped row does not reach a border row of dx, where lax would give 0 * inf = NaN)
-  const int64_t ky0 = std::max<int64_t>(0, kh - 1 - iy), ky1 = std::min(kh, kh - 1 + s.oh - iy);
-  for (int64_t ky = ky0; ky < ky1; ++ky) {
-    for (int64_t kx = 0; kx < kw; ++kx) {
-      const float* gr = gp + ((n * gh + iy + ky) * gw + ix0 + kx) * o;
-      const float* wr = wf + ((ky * kw + kx) * c + c0) * o;
-      __m512 wv[CC];
-#pragma GCC unroll 16
-      for (int k = 0; k < CC; ++k) wv[k] = _mm512_maskz_loadu_ps(m, wr + k * o);
-#pragma GCC unroll 16
-      for (int b = 0; b < B; ++b) {
-        const __m512 gv = _mm512_maskz_loadu_ps(m, gr + b * o);
-#pragma GCC unroll 16
-        for (int k = 0; k < CC; ++k) acc[b][k] = _mm512_fmadd_ps(gv, wv[k], acc[b][k]);
-      }
-    }
-  }
-  float* out = dx + ((n * s.h + iy) * s.w + ix0) * c + c0;
-#pragma GCC unroll 16
-  for (int b = 0; b < B; ++b)
-#pragma GCC unroll 16
-    for (int k = 0; k < CC; ++k) out[b * c + k] = _mm512_reduce_add_ps(acc[b][k]);
-}
-
-using InputGradBlock = void (*)(const Shape&, const float*, const float*, float*, int64_t, int64_t, int64_t,
-                                int64_t);
-template <int CC, int... B>
-constexpr auto input_grad_row_of_table(std::integer_sequence<int, B...>) {
-  return std::array<InputGradBlock, sizeof...(B)>{input_grad_block<CC, B + 1>...};
-}
-template <int... CC>
-constexpr auto input_grad_table(std::integer_sequence<int, CC...>) {
-  return std::array<std::array<InputGradBlock, kGradPositions>, sizeof...(CC)>{
-      input_grad_row_of_table<CC + 1>(std::make_integer_sequence<int, kGradPositions>{})...};
-}
-constexpr auto kInputGrad = input_grad_table(std::make_integer_sequence<int, kGradChannels>{});
-
-// one row of dx: blocks of kGradPositions positions (the last one moved back to end at the row's end: it
-// rewrites a few values with the same sums) x chunks of at most kGradChannels channels
-void input_grad_row(const Shape& s, const float* gp, const float* wf, float* dx, int64_t n, int64_t iy) {
-  const int64_t chunks = (s.c + kGradChannels - 1) / kGradChannels;
-  const int64_t b = std::min<int64_t>(kGradPositions, s.w);
-  for (int64_t i = 0, c0 = 0; i < chunks; ++i) {
-    const int64_t cc = (s.c - c0) / (chunks - i);
-    const InputGradBlock block = kInputGrad[cc - 1][b - 1];
-    for (int64_t ix = 0; ix < s.w; ix += b) block(s, gp, wf, dx, n, iy, std::min(ix, s.w - b), c0);
-    c0 += cc;
-  }
-}
-
-ffi::Error conv_shape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
-                      Shape* s) {
-  if (x.size() != 4 || w.size() != 4 || y.size() != 4)
-    return ffi::Error::InvalidArgument("small_conv: x, w and y must be 4-d (NHWC, HWIO, NHWC)");
-  *s = Shape{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2]};
-  if (w[2] != s->c || s->o < 1 || s->o > 16 || s->kh < 1 || s->kw < 1 || s->oh != s->h - s->kh + 1 ||
-      s->ow != s->w - s->kw + 1 || s->oh < 1 || s->ow < 1 || y[0] != s->n || y[3] != s->o)
-    return ffi::Error::InvalidArgument("small_conv: shapes are not a VALID stride-1 convolution with O <= 16");
-  return ffi::Error::Success();
-}
-
 ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y) {
   Shape s;
@@ -358,27 +278,6 @@ ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   return ffi::Error::Success();
 }
 
-ffi::Error ConvInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gp, ffi::Buffer<ffi::F32> wf,
-                         ffi::ResultBuffer<ffi::F32> dx) {
-  const auto g = gp.dimensions(), w = wf.dimensions(), x = dx->dimensions();
-  if (g.size() != 4 || w.size() != 4 || x.size() != 4)
-    return ffi::Error::InvalidArgument("small_conv: gp, wf and dx must be 4-d (NHWC, HWIO, NHWC)");
-  const Shape s{x[0], x[1], x[2], x[3], w[0], w[1], w[3], x[1] - w[0] + 1, x[2] - w[1] + 1};
-  if (w[2] != s.c || s.o < 1 || s.o > 16 || g[0] != s.n || g[1] != s.h + s.kh - 1 || g[2] != s.w + s.kw - 1 ||
-      g[3] != s.o || s.oh < 1 || s.ow < 1)
-    return ffi::Error::InvalidArgument("small_conv: gp is not the padded gradient of a VALID convolution with O <= 16");
-  if (s.n == 0) return ffi::Error::Success();
-  const float *gd = gp.typed_data(), *wd = wf.typed_data();
-  float* xd = dx->typed_data();
-  constexpr int64_t kRows = 2;
-  const int64_t rows = s.n * s.h;
-  jaxnets::parallel_tasks(pool, (rows + kRows - 1) / kRows, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
-    for (int64_t r = t * kRows; r < std::min(rows, (t + 1) * kRows); ++r)
-      input_grad_row(s, gd, wd, xd, r / s.h, r % s.h);
-  });
-  return ffi::Error::Success();
-}
-
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxnets_conv_forward, ConvForward,
@@ -389,13 +288,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxnets_conv_forward, ConvForward,
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxnets_conv_weight_grad, ConvWeightGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxnets_conv_input_grad, ConvInputGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
