@@ -4,10 +4,12 @@ Why kernels of our own: layers XLA:CPU runs far below the machine's speed (measu
 "The CPU runtime's own notes"; today's figures: BENCHMARKS.md).
 - `pixel_dense`: a narrow dense layer over uint8 pixels (logistic regression, the shallow net), which XLA:CPU can
   only run as a conversion pass that writes the batch back as float32 followed by a library product. The kernel
-  converts in registers instead and reads the batch once, as bytes.
+  converts in registers instead and reads the batch once, as bytes, against weights it transposes and scales
+  once per chunk of positions.
 - `conv_forward`, `conv_weight_grad`, `conv_input_grad`: stride-1 VALID convolutions with at most 16 output
   channels (LeNet-5): one AVX-512 register holds all the outputs of a position, so the kernels are streams of
-  multiply-adds over the NHWC data as it lies (no transposes).
+  multiply-adds over the NHWC data as it lies (no transposes); with one input channel 16 outputs of a row go
+  along the lanes instead; the input gradient is scattered from each output position (conv_input_grad.cc).
 - `wide_conv_forward`, `wide_conv_weight_grad`: a convolution with 16·k outputs, any stride and padding, and the
   gradient of its kernel (up to 128 input and output channels), reading NHWC as it lies where XLA:CPU transposes
   both operands first. A stride-1 layer's input gradient is the forward kernel over the gradient, kernel flipped.
