@@ -203,6 +203,11 @@ def test_the_conv_kernels_propagate_non_finite_values():
     assert np.isnan(y1[1, 3:6, 15:18]).all() and np.isfinite(y1[0]).all() and np.isfinite(y1).sum() == y1.size - 9 * 6
     d_w1 = jax.jit(native.conv_weight_grad, static_argnums=2)(x1, jnp.ones(y1.shape, jnp.float32), w1.shape)
     assert np.isnan(np.asarray(d_w1)).all()
+    # the input gradient is scattered from real taps only: a NaN weight reaches the input values that tap meets
+    # (lax, over a zero-padded gradient, makes its whole channel NaN: 0 * NaN)
+    w2 = jnp.ones((3, 3, 3, 5), jnp.float32).at[2, 0, 1, 4].set(jnp.nan)  # dx: (1, 8, 9, 3)
+    d_x2 = np.asarray(jax.jit(native.conv_input_grad)(jnp.ones((1, 6, 7, 5), jnp.float32), w2))
+    assert np.isnan(d_x2[0, 2:8, 0:7, 1]).all() and np.isfinite(d_x2).sum() == d_x2.size - 6 * 7
 
 
 def _conv(x, w, strides, padding):

@@ -499,7 +499,7 @@ def test_the_kinds_table_switches_paths_off_and_jaxnets_cpu_on_brings_them_back(
     table = choice.OFF_ON[choice.cpu_kind()]
     assert choice.switched_off() == table
     assert choice.switched_off(kernels_run=False) == frozenset()
-    assert choice.OFF_ON["amd-avx512"] == {"narrow_dense"}  # measured: BENCHMARKS.md
+    assert choice.OFF_ON["amd-avx512"] == {"narrow_dense", "one_channel_conv"}  # measured: BENCHMARKS.md
     monkeypatch.setenv("JAXNETS_CPU_KERNELS", "xla")
     assert choice.switched_off() == set(choice.NATIVE)
     monkeypatch.delenv("JAXNETS_CPU_KERNELS")
@@ -529,8 +529,9 @@ def layers_plain():
     return PLAIN_OPS
 
 
-def test_a_one_channel_layer_runs_jaxnets_kernel_when_differentiated_and_shifted_slices_when_not():
-    # LeNet-5's first layer: the shifted slices are faster when predicting, the kernel inside a train step
+def test_a_one_channel_layer_runs_jaxnets_kernel_when_differentiated_and_shifted_slices_when_not(monkeypatch):
+    # LeNet-5's first layer where one_channel_conv runs: shifted slices when predicting, the kernel in a train step
+    monkeypatch.setenv(choice.ON_ENV, "one_channel_conv")
     conv = Conv(6, (5, 5), padding="VALID")
     x = jnp.asarray(np.random.default_rng(7).normal(size=(4, 16, 16, 1)), jnp.float32)
     variables = conv.init(jax.random.PRNGKey(0), x)
@@ -543,4 +544,9 @@ def test_a_one_channel_layer_runs_jaxnets_kernel_when_differentiated_and_shifted
     slow = jax.jit(jax.value_and_grad(loss))(variables)
     for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
-
+    # where the kind's table switches the path off (AMD), the kernel's one-channel forward predicts too
+    monkeypatch.setenv(choice.ON_ENV, "")
+    if "one_channel_conv" in choice.switched_off(kernels_run=native.available()) and native.available():
+        assert native.CONV_FORWARD in str(jax.make_jaxpr(cpu.with_cpu_kernels(loss))(variables))
+        np.testing.assert_allclose(jax.jit(cpu.with_cpu_kernels(loss))(variables), jax.jit(loss)(variables),
+                                   rtol=1e-5)

@@ -36,8 +36,10 @@ NATIVE = ("pixel_dense_kernel", "small_conv_kernel", "wide_conv_kernel")
 # listed here may be what computes a layer they would take (narrow_dense: the first layer of logistic regression).
 OFF_ON: dict[str, frozenset[str]] = {
     # amd-avx512, measured on AMD EPYC Zen 4 (family 25 model 17), 2026-12-07: narrow_dense gains +2 % at best (a
-    # 4096- or 512-input head), -3 to -8 % elsewhere; the pixel-dense kernel takes the layers it was written for
-    "amd-avx512": frozenset({"narrow_dense"}),
+    # 4096- or 512-input head), -3 to -8 % elsewhere; the pixel-dense kernel takes the layers it was written for.
+    # one_channel_conv (shifted slices when predicting) -4 % since the small-conv kernel's one-channel forward,
+    # which then takes LeNet-5's first layer through few_channel_conv
+    "amd-avx512": frozenset({"narrow_dense", "one_channel_conv"}),
     "intel-avx512": frozenset(),  # Intel Xeon with AVX-512 (Ice Lake and later): not measured by jaxnets yet
     "other": frozenset(),  # no AVX-512 (ARM, macOS, older x86): the native kernels cannot run there anyway
 }

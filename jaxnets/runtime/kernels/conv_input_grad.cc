@@ -2,7 +2,8 @@
 //   dx[n, iy, ix, c] = sum_{ky, kx, o} g[n, iy - ky, ix - kx, o] * w[ky, kx, c, o]
 // scattered from each output position rather than gathered over a zero-padded g: a gather with the outputs
 // along the lanes met the padding in half of LeNet-5's second layer's multiply-adds and needed a horizontal sum
-// per input value. Images are the parallel tasks (their dx are disjoint).
+// per input value. Images are the parallel tasks (their dx are disjoint). Only real taps are summed, so a
+// non-finite weight reaches the inputs its tap meets (lax, over zero padding, makes its channel NaN).
 
 #include <immintrin.h>
 

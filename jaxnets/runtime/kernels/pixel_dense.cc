@@ -71,10 +71,11 @@ inline void transpose_block(const float* w, __m512* t, __m512i evens, __m512i od
   }
 }
 
-// Chunk c of the positions for every row: its weights are transposed and scaled once (and its share of the
-// offset summed), then each row's 16 pixels meet them in O multiply-adds with no shuffle.
+// Chunk c of the positions for rows [n0, n1): its weights are transposed and scaled once (and its share of the
+// offset summed, by the task with the first rows), then each row's 16 pixels meet them in O multiply-adds with
+// no shuffle.
 template <int O>
-void chunk_sums(const Problem& p, int64_t c) {
+void chunk_sums(const Problem& p, int64_t c, int64_t n0, int64_t n1) {
   constexpr int R = kRows<O>;
   const int64_t k0 = c * kChunk<O>, k1 = std::min(p.k, k0 + kChunk<O>), blocks = (k1 - k0) / 16;
   alignas(64) float scaled[kChunk<O> / 16][O][16];
@@ -92,11 +93,11 @@ void chunk_sums(const Problem& p, int64_t c) {
     }
   }
   float* part = p.partial + c * p.n * O;
-  for (int64_t nb = 0; nb < p.n; nb += R) {  // the last group repeats its last row, written once
+  for (int64_t nb = n0; nb < n1; nb += R) {  // the last group repeats its last row, written once
     const uint8_t* row[R];
     __m512 acc[R][O];
     for (int r = 0; r < R; ++r) {
-      row[r] = p.x + std::min(nb + r, p.n - 1) * p.k + k0;
+      row[r] = p.x + std::min(nb + r, n1 - 1) * p.k + k0;
       for (int o = 0; o < O; ++o) acc[r][o] = _mm512_setzero_ps();
     }
     for (int64_t b = 0; b < blocks; ++b)
@@ -104,14 +105,14 @@ void chunk_sums(const Problem& p, int64_t c) {
         const __m512 xv = pixels16(row[r] + 16 * b);
         for (int o = 0; o < O; ++o) acc[r][o] = _mm512_fmadd_ps(xv, _mm512_load_ps(scaled[b][o]), acc[r][o]);
       }
-    for (int r = 0; r < R && nb + r < p.n; ++r)
+    for (int r = 0; r < R && nb + r < n1; ++r)
       for (int o = 0; o < O; ++o) {
         float sum = _mm512_reduce_add_ps(acc[r][o]);
         for (int64_t k = k0 + 16 * blocks; k < k1; ++k) sum += row[r][k - k0] * p.scale[k] * p.w[k * O + o];
         part[(nb + r) * O + o] = sum;
       }
   }
-  for (int o = 0; o < O; ++o) {
+  for (int o = 0; o < O && n0 == 0; ++o) {
     float sum = _mm512_reduce_add_ps(off[o]);
     for (int64_t k = k0 + 16 * blocks; k < k1; ++k) sum += p.shift[k] * p.w[k * O + o];
     p.offset[c * O + o] = sum;
@@ -125,8 +126,14 @@ void pixel_dense(ffi::ThreadPool& pool, const Problem& p, const float* bias, flo
   Problem q = p;
   q.partial = partial.data();
   q.offset = offset.data();
-  jaxnets::parallel_tasks(pool, chunks, p.n * p.k * O >= jaxnets::kThreadedMacs,
-                          [q](int64_t c) { chunk_sums<O>(q, c); });
+  // few chunks (a small image): their rows split too, so both cores have work; each split transposes again
+  constexpr int64_t R = kRows<O>;
+  const int64_t splits = std::clamp<int64_t>((8 + chunks - 1) / chunks, 1, (p.n + 4 * R - 1) / (4 * R));
+  const int64_t per = ((p.n + splits - 1) / splits + R - 1) / R * R, tasks = chunks * ((p.n + per - 1) / per);
+  jaxnets::parallel_tasks(pool, tasks, p.n * p.k * O >= jaxnets::kThreadedMacs, [q, chunks, per](int64_t t) {
+    const int64_t n0 = t / chunks * per;
+    chunk_sums<O>(q, t % chunks, n0, std::min(q.n, n0 + per));
+  });
   for (int64_t o = 0; o < O; ++o) {
     float sum = bias[o];
     for (int64_t c = 0; c < chunks; ++c) sum += offset[c * O + o];
