@@ -11,7 +11,7 @@ runtime's own notes"; today's figures: BENCHMARKS.md):
   (`compiler_options`, per `jax.jit`, never the process-wide XLA_FLAGS).
 - `one_channel_conv`: a stride-1 VALID convolution of a one-channel image (LeNet-5's first layer) as a sum of
   shifted slices when it is not differentiated (predict); in a train step, and for its weight gradient, jaxnets'
-  kernel where it runs.
+  kernel where it runs. Off on AMD (choice.OFF_ON): there `few_channel_conv` runs the kernel for it, faster.
 - `few_channel_conv`: with 2-16 input channels, the input gradient is one matmul and a col2im sum of shifted
   windows instead of XLA:CPU's transposed convolution (jaxnets' kernels, forward and gradients, where they run).
 - `stored_input_conv`: with >= 64 input channels (or where the wide kernels take the layer), lax's gradient of the
