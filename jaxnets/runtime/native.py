@@ -183,6 +183,8 @@ def pixel_dense(pixels: jax.Array, kernel: jax.Array, bias: jax.Array, scale: np
                 shift: np.ndarray) -> jax.Array:
     """(pixels flattened · scale + shift) @ kernel + bias, by the kernel (call only where `takes` is True).
     The kernel's gradient reads the same bytes (a second kernel), the bias's is Σ g; the pixels have none."""
+    if np.all(scale == scale[0]) and np.all(shift == shift[0]):  # one value each: no [K] constants to materialise
+        scale, shift = scale[:1], shift[:1]
     return _pixel_dense(pixels.reshape(pixels.shape[0], -1), kernel, bias, jnp.asarray(scale), jnp.asarray(shift))
 
 

@@ -30,6 +30,11 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// 16 positions' scale (or shift) from k: loaded, or one value broadcast (step 0)
+inline __m512 positions16(const float* v, int64_t k, int64_t step) {
+  return step ? _mm512_loadu_ps(v + k) : _mm512_set1_ps(v[0]);
+}
+
 inline __m512 pixels16(const uint8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
@@ -38,6 +43,7 @@ struct Problem {
   const uint8_t* x;
   const float* scale;
   const float* shift;
+  int64_t step;  // 1: scale and shift per position; 0: one value each (a uniform normalisation, no [K] arrays)
   const float* w;
   float* partial;  // [chunks, N, O]: each chunk's sums over its positions, without the offset
   float* offset;   // [chunks, O]: each chunk's share of sum_k shift[k] * w[k, o]
@@ -86,7 +92,7 @@ void chunk_sums(const Problem& p, int64_t c, int64_t n0, int64_t n1) {
     const int64_t k = k0 + 16 * b;
     __m512 t[O];
     transpose_block<O>(p.w + k * O, t, evens, odds);
-    const __m512 s = _mm512_loadu_ps(p.scale + k), h = _mm512_loadu_ps(p.shift + k);
+    const __m512 s = positions16(p.scale, k, p.step), h = positions16(p.shift, k, p.step);
     for (int o = 0; o < O; ++o) {
       off[o] = _mm512_fmadd_ps(h, t[o], off[o]);
       _mm512_store_ps(scaled[b][o], _mm512_mul_ps(t[o], s));
@@ -108,13 +114,13 @@ void chunk_sums(const Problem& p, int64_t c, int64_t n0, int64_t n1) {
     for (int r = 0; r < R && nb + r < n1; ++r)
       for (int o = 0; o < O; ++o) {
         float sum = _mm512_reduce_add_ps(acc[r][o]);
-        for (int64_t k = k0 + 16 * blocks; k < k1; ++k) sum += row[r][k - k0] * p.scale[k] * p.w[k * O + o];
+        for (int64_t k = k0 + 16 * blocks; k < k1; ++k) sum += row[r][k - k0] * p.scale[k * p.step] * p.w[k * O + o];
         part[(nb + r) * O + o] = sum;
       }
   }
   for (int o = 0; o < O && n0 == 0; ++o) {
     float sum = _mm512_reduce_add_ps(off[o]);
-    for (int64_t k = k0 + 16 * blocks; k < k1; ++k) sum += p.shift[k] * p.w[k * O + o];
+    for (int64_t k = k0 + 16 * blocks; k < k1; ++k) sum += p.shift[k * p.step] * p.w[k * O + o];
     p.offset[c * O + o] = sum;
   }
 }
@@ -147,12 +153,14 @@ ffi::Error PixelDense(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> x, ffi::Buffer<
                       ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
                       ffi::ResultBuffer<ffi::F32> out) {
   const int64_t N = x.dimensions().size() ? x.dimensions()[0] : 0;
-  const int64_t K = scale.element_count(), O = bias.element_count();
+  const int64_t O = bias.element_count(), K = O > 0 ? w.element_count() / O : 0, step = scale.element_count() == 1 ? 0 : 1;
   if (w.element_count() != K * O || (N > 0 && x.element_count() != N * K) || out->element_count() != N * O ||
-      shift.element_count() != K || O < 1 || 16 % O != 0)
-    return ffi::Error::InvalidArgument("pixel_dense: shapes do not match x [N, K], w [K, O] with O dividing 16");
+      (scale.element_count() != K && step) || shift.element_count() != scale.element_count() || O < 1 ||
+      16 % O != 0)
+    return ffi::Error::InvalidArgument("pixel_dense: shapes do not match x [N, K], w [K, O] with O dividing 16, "
+                                       "scale and shift [K] or [1]");
   if (N == 0) return ffi::Error::Success();
-  const Problem p{x.typed_data(), scale.typed_data(), shift.typed_data(), w.typed_data(), nullptr, nullptr, N, K};
+  const Problem p{x.typed_data(), scale.typed_data(), shift.typed_data(), step, w.typed_data(), nullptr, nullptr, N, K};
   const float* b = bias.typed_data();
   float* y = out->typed_data();
   switch (O) {
@@ -170,6 +178,7 @@ struct WeightGrad {
   const float* g;
   const float* scale;
   const float* shift;
+  int64_t step;  // as Problem's
   const float* g_sum;  // [O]: sum_n g[n, o]
   float* dw;
   int64_t n, K;
@@ -202,7 +211,7 @@ void weight_grad_block(const WeightGrad& p, int64_t k0) {
   }
 #pragma GCC unroll 16
   for (int b = 0; b < KB; ++b) {
-    const __m512 s = _mm512_loadu_ps(p.scale + k0 + 16 * b), h = _mm512_loadu_ps(p.shift + k0 + 16 * b);
+    const __m512 s = positions16(p.scale, k0 + 16 * b, p.step), h = positions16(p.shift, k0 + 16 * b, p.step);
     alignas(64) float lanes[O][16];
 #pragma GCC unroll 16
     for (int o = 0; o < O; ++o)
@@ -226,7 +235,7 @@ void weight_grad_rows(const WeightGrad& p, int64_t k0, int64_t k1) {
     for (int o = 0; o < O; ++o) {
       float sum = 0.0f;
       for (int64_t r = 0; r < p.n; ++r) sum += p.x[r * p.K + k] * p.g[r * O + o];
-      p.dw[k * O + o] = sum * p.scale[k] + p.shift[k] * p.g_sum[o];
+      p.dw[k * O + o] = sum * p.scale[k * p.step] + p.shift[k * p.step] * p.g_sum[o];
     }
 }
 
@@ -244,16 +253,18 @@ ffi::Error PixelDenseWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> x, ff
                                 ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
                                 ffi::ResultBuffer<ffi::F32> dw) {
   const int64_t N = x.dimensions().size() ? x.dimensions()[0] : 0;
-  const int64_t K = scale.element_count();
+  const int64_t step = scale.element_count() == 1 ? 0 : 1;
+  const int64_t K = x.dimensions().size() == 2 ? x.dimensions()[1] : scale.element_count();  // x: [N, K]
   const int64_t O = N > 0 ? g.element_count() / N : dw->element_count() / std::max<int64_t>(K, 1);
   if ((N > 0 && (x.element_count() != N * K || g.element_count() != N * O)) || dw->element_count() != K * O ||
-      shift.element_count() != K || O < 1 || 16 % O != 0)
+      (scale.element_count() != K && step) || shift.element_count() != scale.element_count() || O < 1 ||
+      16 % O != 0)
     return ffi::Error::InvalidArgument("pixel_dense_weight_grad: shapes do not match x [N, K], g [N, O], "
                                        "dw [K, O]");
   float g_sum[16] = {};
   for (int64_t r = 0; r < N; ++r)
     for (int64_t o = 0; o < O; ++o) g_sum[o] += g.typed_data()[r * O + o];
-  const WeightGrad p{x.typed_data(), g.typed_data(), scale.typed_data(), shift.typed_data(), g_sum,
+  const WeightGrad p{x.typed_data(), g.typed_data(), scale.typed_data(), shift.typed_data(), step, g_sum,
                      dw->typed_data(), N, K};
   constexpr int64_t kPositionsPerTask = 1024;  // a multiple of every block span
   const int64_t tasks = (K + kPositionsPerTask - 1) / kPositionsPerTask;
