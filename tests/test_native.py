@@ -57,6 +57,7 @@ def test_the_kernel_is_built_and_registered_on_a_machine_with_avx512_and_a_compi
     (33, 13, 13, 1, "none"),      # grey, K = 169
     (40, 64, 64, 3, "imagenet"),  # big enough for the second core
     (24, 48, 48, 3, "half"),      # a uniform normalisation (one scale and shift for all), on both cores
+    (700, 32, 32, 3, "half"),     # one chunk of positions (O = 1) or few: their rows split between the cores
 ])
 def test_pixel_dense_is_standardize_then_the_product(outputs, n, h, w, c, normalize):
     if not native.available():

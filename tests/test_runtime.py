@@ -53,7 +53,7 @@ def test_lenet_is_plain_flax_and_its_one_channel_conv_runs_as_shifted_slices_onl
     variables = model.init(jax.random.PRNGKey(0), x)
     plain = lambda v, x: model.apply(v, x)  # noqa: E731
     assert _convs(plain, variables, x) == 2  # the model itself: two lax convolutions
-    # conv1 became shifted slices; conv2 is jaxnets' kernel where it is built (tests/test_native.py), else lax's
+    # conv1 became shifted slices or jaxnets' kernel (the kind's table); conv2 the kernel where it is built, else lax's
     assert _convs(cpu.with_cpu_kernels(plain), variables, x) == (0 if native.available() else 1)
     np.testing.assert_allclose(runtime.jit(plain)(variables, x), jax.jit(plain)(variables, x), rtol=1e-5, atol=1e-5)
 
@@ -550,3 +550,17 @@ def test_a_one_channel_layer_runs_jaxnets_kernel_when_differentiated_and_shifted
         assert native.CONV_FORWARD in str(jax.make_jaxpr(cpu.with_cpu_kernels(loss))(variables))
         np.testing.assert_allclose(jax.jit(cpu.with_cpu_kernels(loss))(variables), jax.jit(loss)(variables),
                                    rtol=1e-5)
+
+
+def test_a_one_channel_layer_without_its_path_has_lax_values_and_gradients(monkeypatch):
+    # one_channel_conv off (as the AMD table has it, or by name): few_channel_conv takes the layer, kernels or not
+    monkeypatch.setenv(choice.OFF_ENV, "one_channel_conv")
+    conv = Conv(6, (5, 5), padding="VALID")
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(3, 14, 17, 1)), jnp.float32)
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    loss = lambda v, x: jnp.sum(jnp.sin(conv.apply(v, x)))  # noqa: E731
+    assert "custom_vjp_call[" in str(jax.make_jaxpr(cpu.with_cpu_kernels(loss))(variables, x))
+    fast = jax.jit(cpu.with_cpu_kernels(jax.value_and_grad(loss, argnums=(0, 1))))(variables, x)
+    slow = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables, x)
+    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))

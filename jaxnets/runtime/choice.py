@@ -19,7 +19,8 @@ from pathlib import Path
 PATHS = {
     "ynn_dots": "every dot (and the dots convolutions become) through YNNPACK (an XLA compiler option)",
     "one_channel_conv": "a stride-1 VALID convolution of a one-channel image as a sum of shifted slices",
-    "few_channel_conv": "2-16 input channels, stride 1, VALID: the input gradient as one matmul + col2im",
+    "few_channel_conv": "<= 16 input channels (2-16 beside one_channel_conv), stride 1, VALID: the input gradient as "
+                        "one matmul + col2im, jaxnets' kernels where they run",
     "stored_input_conv": ">= 64 input channels (or a wide kernel's layer): gradients from the stored input",
     "narrow_dense": "<= 10 outputs from >= 512 inputs: the kernel's gradient as g^T x from a buffer",
     "batch_norm_sums": "BatchNorm's statistics and gradients as channel sums over the batch axis first",

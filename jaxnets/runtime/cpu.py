@@ -12,8 +12,9 @@ runtime's own notes"; today's figures: BENCHMARKS.md):
 - `one_channel_conv`: a stride-1 VALID convolution of a one-channel image (LeNet-5's first layer) as a sum of
   shifted slices when it is not differentiated (predict); in a train step, and for its weight gradient, jaxnets'
   kernel where it runs. Off on AMD (choice.OFF_ON): there `few_channel_conv` runs the kernel for it, faster.
-- `few_channel_conv`: with 2-16 input channels, the input gradient is one matmul and a col2im sum of shifted
-  windows instead of XLA:CPU's transposed convolution (jaxnets' kernels, forward and gradients, where they run).
+- `few_channel_conv`: with 2-16 input channels (1 too where `one_channel_conv` is off), the input gradient is
+  one matmul and a col2im sum of shifted windows instead of XLA:CPU's transposed convolution (jaxnets' kernels,
+  forward and gradients, where they run).
 - `stored_input_conv`: with >= 64 input channels (or where the wide kernels take the layer), lax's gradient of the
   stored input, not of the fusion XLA would otherwise re-derive inside its channel-major transpose; jaxnets' wide
   kernels compute the forward and either gradient where they run (native.py).
@@ -86,8 +87,8 @@ def _lax_valid_conv(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
 
 def _shifted_slices_fwd(lhs, rhs):
     # under differentiation (a train step) jaxnets' small-convolution kernel where it runs: in the whole LeNet-5
-    # train step the shifted slices' forward cost 13 % of the step against it, while a predict step gains 32 %
-    # from them (tools/kernel_table.py, BENCHMARKS.md)
+    # train step the shifted slices' forward cost 13 % of the step against it; predicting, they gained 32 % until
+    # the kernel's one-channel forward (-4 % since: off on AMD; tools/kernel_table.py, BENCHMARKS.md)
     out = native.conv_forward(lhs, rhs) if native.takes_conv(lhs, rhs) else _shifted_slices_conv(lhs, rhs)
     return out.astype(lhs.dtype), (lhs, rhs)
 

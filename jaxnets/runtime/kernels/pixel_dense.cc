@@ -6,10 +6,11 @@
 // converted in a register, scaled, and multiplied into the weights: the batch is read once, as bytes.
 //
 // Layout: x [N, K] uint8 (any trailing shape, flattened), scale/shift [K] (the spec's normalisation per
-// input position), w [K, O] (Flax's kernel, not transposed), bias [O]; O divides 16. The positions are cut
+// input position) or [1] (one value for all), w [K, O] (Flax's kernel, not transposed), bias [O]; O divides 16. The positions are cut
 // into chunks, the tasks split between the calling thread and XLA's intra-op pool (parallel.h): a chunk's
 // weights are transposed in registers to one register per output and 16 positions, scaled, and kept in L1,
-// so each row's 16 pixels cost one conversion and O multiply-adds; chunks' sums are added at the end.
+// so each row's 16 pixels cost one conversion and O multiply-adds; chunks' sums are added at the end. With few
+// chunks (a small image) each chunk's rows are split too, each split transposing its chunk again.
 // (Spreading each row's pixels over a position-major register instead took O permutations per row.)
 
 // Its weight gradient, for training from pixels, reads the same bytes:
@@ -127,7 +128,7 @@ void chunk_sums(const Problem& p, int64_t c, int64_t n0, int64_t n1) {
 
 template <int O>
 void pixel_dense(ffi::ThreadPool& pool, const Problem& p, const float* bias, float* y) {
-  const int64_t chunks = (p.k + kChunk<O> - 1) / kChunk<O>;
+  const int64_t chunks = std::max<int64_t>(1, (p.k + kChunk<O> - 1) / kChunk<O>);  // K = 0: one empty chunk
   std::vector<float> partial(chunks * p.n * O), offset(chunks * O);
   Problem q = p;
   q.partial = partial.data();
@@ -254,7 +255,8 @@ ffi::Error PixelDenseWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> x, ff
                                 ffi::ResultBuffer<ffi::F32> dw) {
   const int64_t N = x.dimensions().size() ? x.dimensions()[0] : 0;
   const int64_t step = scale.element_count() == 1 ? 0 : 1;
-  const int64_t K = x.dimensions().size() == 2 ? x.dimensions()[1] : scale.element_count();  // x: [N, K]
+  int64_t K = 1;  // x: [N, any trailing shape]
+  for (size_t d = 1; d < x.dimensions().size(); ++d) K *= x.dimensions()[d];
   const int64_t O = N > 0 ? g.element_count() / N : dw->element_count() / std::max<int64_t>(K, 1);
   if ((N > 0 && (x.element_count() != N * K || g.element_count() != N * O)) || dw->element_count() != K * O ||
       (scale.element_count() != K && step) || shift.element_count() != scale.element_count() || O < 1 ||
