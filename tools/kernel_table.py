@@ -41,6 +41,7 @@ ROWS = [
     ("vgg16", "train", 32, 64, 3, None, 2),
     ("resnet18", "train", 32, 128, 3, None, 3),
     ("resnet18", "predict", 32, 128, 3, None, 8),
+    ("efficientnet_lite0", "train", 32, 128, 3, None, 4),  # beyond the standard set: the depthwise kernel's row
 ]
 
 

@@ -5,7 +5,8 @@ float32), EfficientNet-Lite's depthwise layers ran 4–30× slower forward, and 
 these k² multiply-adds over channel-contiguous NHWC rows, which XLA fuses into one vectorised loop. The result is
 the same convolution (cross-correlation, any stride, explicit padding); the gradient with respect to the input is
 the same shifted sum over the stride-dilated output gradient with the kernel flipped, and the kernel's gradient is
-one reduction per tap. Every backend runs it: it is plain jax.numpy and lax.
+one reduction per tap. Every backend runs it: it is plain jax.numpy and lax, except that the kernel's gradient
+comes from the current `LayerOps` where a backend has its own (XLA:CPU: runtime/kernels/depthwise.cc).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+
+from .layers import current_layer_ops
 
 Array = jax.Array
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -64,10 +67,12 @@ def _backward(stride: int, pads: Pads, residuals: tuple[Array, Array], g: Array)
                                    (k - 1, wp - stride * (w - 1) - 1, stride - 1), (0, 0, 0)))
     dxp = _shifted_sum(spread, kernel[::-1, ::-1].astype(g.dtype), 1, (hp, wp))
     dx = dxp[:, pads[0][0]:hp - pads[0][1], pads[1][0]:wp - pads[1][1], :]
-    g32 = g.astype(jnp.float32)
-    taps = [(view.astype(jnp.float32) * g32).sum((0, 1, 2)) for _, _, view in _taps(xp, k, stride, (h, w))]
-    dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
-    return dx.astype(x.dtype), dkernel
+    dkernel = current_layer_ops().depthwise_weight_grad(x, g, k, stride, pads)
+    if dkernel is None:  # the backend has no kernel for it: one reduction per tap
+        g32 = g.astype(jnp.float32)
+        taps = [(view.astype(jnp.float32) * g32).sum((0, 1, 2)) for _, _, view in _taps(xp, k, stride, (h, w))]
+        dkernel = jnp.stack(taps)
+    return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
 depthwise_conv.defvjp(_forward, _backward)

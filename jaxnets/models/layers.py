@@ -78,6 +78,10 @@ def _no_pixel_kernel(pixels: Array, kernel: Array, bias: Array | None, standardi
     return None
 
 
+def _no_depthwise_kernel(x: Array, g: Array, k: int, stride: int, pads: tuple) -> None:
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerOps:
     """The array functions jaxnets' layers compute with; each replacement must compute the same values (to float
@@ -87,7 +91,9 @@ class LayerOps:
     - `bias_add(y, bias)`: y + bias over the last axis (`Conv`'s bias);
     - `batch_moments(x32) -> (mean, var)` and `scale_shift(x, mul, shift)`: `BatchNorm`'s two reducing pieces;
     - `pixel_dense(pixels, kernel, bias, standardize)`: `PixelDense` straight from uint8 pixels, or None where the
-      backend does not take that layer (then it is standardize + the product)."""
+      backend does not take that layer (then it is standardize + the product);
+    - `depthwise_weight_grad(x, g, k, stride, pads)`: the k×k×1×C kernel gradient of models/depthwise.py's
+      convolution, or None where the backend does not take it (then it is one reduction per tap)."""
 
     conv_general_dilated: Callable = jax.lax.conv_general_dilated
     dot_general: Callable = jax.lax.dot_general
@@ -95,6 +101,7 @@ class LayerOps:
     batch_moments: Callable = _batch_moments
     scale_shift: Callable = _scale_shift
     pixel_dense: Callable = _no_pixel_kernel
+    depthwise_weight_grad: Callable = _no_depthwise_kernel
 
 
 PLAIN_OPS = LayerOps()

@@ -4,7 +4,7 @@ Every path of cpu.py and native.py has a name here. A path runs unless the table
 kind or `JAXNETS_CPU_OFF` names it (a comma-separated list of names, or "all"); `JAXNETS_CPU_ON` names paths to run
 even where the table switches them off (how they are measured again, by tools/kernel_table.py, and tested).
 The older switches stay:
-`JAXNETS_CPU_DOTS=xla` is `ynn_dots` off, `JAXNETS_CPU_KERNELS=xla` is the three kernels of native.py off.
+`JAXNETS_CPU_DOTS=xla` is `ynn_dots` off, `JAXNETS_CPU_KERNELS=xla` is every kernel of native.py off.
 Each path is measured on whole train and predict steps per kind (BENCHMARKS.md); one that does not earn its place
 on a kind is listed in `OFF_ON` for it.
 """
@@ -28,8 +28,9 @@ PATHS = {
     "pixel_dense_kernel": "native: a narrow first layer straight from uint8 pixels (kernels/pixel_dense.cc)",
     "small_conv_kernel": "native: stride-1 VALID convolutions with <= 16 outputs (kernels/small_conv.cc)",
     "wide_conv_kernel": "native: convolutions with 16k outputs, forward and gradients (kernels/wide_conv.cc)",
+    "depthwise_kernel": "native: a 3x3 or 5x5 depthwise convolution's kernel gradient (kernels/depthwise.cc)",
 }
-NATIVE = ("pixel_dense_kernel", "small_conv_kernel", "wide_conv_kernel")
+NATIVE = ("pixel_dense_kernel", "small_conv_kernel", "wide_conv_kernel", "depthwise_kernel")
 
 # The CPU kinds jaxnets is measured on, and the paths switched off there: a path that speeds up no whole step of
 # the standard set by >= 5 % on a kind (tools/kernel_table.py; the table in BENCHMARKS.md) is off on that kind.

@@ -260,6 +260,14 @@ def pixel_dense(pixels: jax.Array, kernel: jax.Array, bias: jax.Array | None, st
     return None if affine is None else native.pixel_dense(pixels, kernel, bias, *affine)
 
 
+def depthwise_weight_grad(x: jax.Array, g: jax.Array, k: int, stride: int, pads: tuple):
+    """`LayerOps.depthwise_weight_grad`: jaxnets' kernel where it takes the layer (float32, 3×3 or 5×5), else None
+    (then models/depthwise.py reduces tap by tap)."""
+    if not native.takes_depthwise_weight_grad(x, g, k, stride, pads):
+        return None
+    return native.depthwise_weight_grad(x, g, k, stride, pads)
+
+
 def layer_ops() -> layers.LayerOps:
     """The `LayerOps` of XLA:CPU: each path of the module docstring that `choice` leaves on, the plain function
     for the others."""
@@ -270,7 +278,8 @@ def layer_ops() -> layers.LayerOps:
         bias_add=bias_add if on("conv_bias_sums") else plain.bias_add,
         batch_moments=batch_moments if on("batch_norm_sums") else plain.batch_moments,
         scale_shift=scale_shift if on("batch_norm_sums") else plain.scale_shift,
-        pixel_dense=pixel_dense)
+        pixel_dense=pixel_dense,
+        depthwise_weight_grad=depthwise_weight_grad)
 
 
 def with_cpu_kernels(fun: Callable) -> Callable:

@@ -13,6 +13,8 @@ Why kernels of our own: layers XLA:CPU runs far below the machine's speed (measu
 - `wide_conv_forward`, `wide_conv_weight_grad`: a convolution with 16·k outputs, any stride and padding, and the
   gradient of its kernel (up to 128 input and output channels), reading NHWC as it lies where XLA:CPU transposes
   both operands first. A stride-1 layer's input gradient is the forward kernel over the gradient, kernel flipped.
+- `depthwise_weight_grad`: the kernel gradient of a 3×3 or 5×5 depthwise convolution (EfficientNet-Lite), which
+  XLA:CPU runs as one whole-batch reduction per tap; the kernel keeps every tap's sum in a register instead.
 
 The shared library is compiled with the system's C++ compiler (`$CXX`, else `g++`) against the FFI headers that
 jaxlib ships, into `native/` of jaxnets' cache (`$JAXNETS_CACHE`, else `~/.cache/jaxnets`), named by a digest of
@@ -50,12 +52,13 @@ log = logging.getLogger(__name__)
 
 ENV = "JAXNETS_CPU_KERNELS"  # "xla" leaves every layer to XLA's operations
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = tuple(KERNELS / name for name in ("pixel_dense.cc", "small_conv.cc", "conv_input_grad.cc", "wide_conv.cc"))
+SOURCES = tuple(KERNELS / name for name in ("pixel_dense.cc", "small_conv.cc", "conv_input_grad.cc", "wide_conv.cc",
+                                            "depthwise.cc"))
 HEADERS = (KERNELS / "parallel.h", KERNELS / "small_conv.h")
 TARGET, PIXEL_WEIGHT_GRAD = "jaxnets_pixel_dense", "jaxnets_pixel_dense_weight_grad"
 CONV_FORWARD, CONV_WEIGHT_GRAD = "jaxnets_conv_forward", "jaxnets_conv_weight_grad"
 CONV_INPUT_GRAD, WIDE_CONV_WEIGHT_GRAD = "jaxnets_conv_input_grad", "jaxnets_wide_conv_weight_grad"
-WIDE_CONV_FORWARD = "jaxnets_wide_conv_forward"
+WIDE_CONV_FORWARD, DEPTHWISE_WEIGHT_GRAD = "jaxnets_wide_conv_forward", "jaxnets_depthwise_weight_grad"
 CONV_OUTPUTS = 16  # at most this many output channels: one AVX-512 register
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mfma")
 OUTPUTS = (1, 2, 4, 8, 16)  # the output widths the kernel takes (divisors of one 16-float register)
@@ -146,7 +149,7 @@ def available() -> bool:
             _build_saying_so(path)
         library = ctypes.CDLL(str(path))
         for target in (TARGET, PIXEL_WEIGHT_GRAD, CONV_FORWARD, CONV_WEIGHT_GRAD, CONV_INPUT_GRAD,
-                       WIDE_CONV_FORWARD, WIDE_CONV_WEIGHT_GRAD):
+                       WIDE_CONV_FORWARD, WIDE_CONV_WEIGHT_GRAD, DEPTHWISE_WEIGHT_GRAD):
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
     except Exception as e:  # whatever goes wrong here, XLA's operations compute the layers
         log.warning("jaxnets' kernels are not available (%s); XLA's operations compute those layers", e)
@@ -308,6 +311,22 @@ def wide_conv_weight_grad(lhs: jax.Array, g: jax.Array, kernel_shape: tuple[int,
     for the output cotangent `g` (where `takes_wide_weight_grad`); the high padding is implied by g's shape."""
     out = jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32)
     return jax.ffi.ffi_call(WIDE_CONV_WEIGHT_GRAD, out)(lhs, g.astype(jnp.float32), **_geometry(strides, padding))
+
+
+def takes_depthwise_weight_grad(x: jax.Array, g: jax.Array, k: int, stride: int, pads: Padding) -> bool:
+    """Whether `depthwise_weight_grad` computes this depthwise convolution's kernel gradient: float32 NHWC x and
+    g with the same channels, a 3×3 or 5×5 filter, a positive stride, no negative padding."""
+    return (x.dtype == jnp.float32 and g.dtype == jnp.float32 and x.ndim == 4 and g.ndim == 4 and k in (3, 5)
+            and g.shape[0] == x.shape[0] and g.shape[3] == x.shape[3] and stride >= 1
+            and min(min(p) for p in pads) >= 0 and choice.enabled("depthwise_kernel") and available())
+
+
+def depthwise_weight_grad(x: jax.Array, g: jax.Array, k: int, stride: int, pads: Padding) -> jax.Array:
+    """The k×k×1×C kernel gradient of models/depthwise.py's convolution of `x` (low padding pads[i][0]; the high
+    padding is implied by g's shape) for the output cotangent `g` (where `takes_depthwise_weight_grad`)."""
+    out = jax.ShapeDtypeStruct((k, k, 1, x.shape[3]), jnp.float32)
+    return jax.ffi.ffi_call(DEPTHWISE_WEIGHT_GRAD, out)(x, g, stride=np.int64(stride), pad_top=np.int64(pads[0][0]),
+                                                        pad_left=np.int64(pads[1][0]))
 
 
 def main(argv: list[str] | None = None) -> int:
