@@ -33,6 +33,8 @@ def _lax_grads(x, kernel, stride, pads, g):
     ((1, 1, 1, 5), 3, 1, ((1, 1), (1, 1))),       # one pixel
     ((9, 6, 6, 240), 5, 1, ((2, 2), (2, 2))),     # 15 blocks, nine images: more slices than one
     ((2, 9, 9, 32), 3, 3, ((1, 1), (1, 1))),      # a stride as wide as the filter
+    ((3, 7, 8, 1), 3, 4, ((4, 3), (4, 5))),       # one channel (one lane), stride and padding wider than the filter
+    ((16, 12, 12, 64), 5, 1, ((2, 2), (2, 2))),   # 3.7 M multiply-adds: both cores work
 ])
 def test_the_kernel_gradient_is_laxs(x_shape, k, stride, pads):
     rng = np.random.default_rng(sum(x_shape) + k + stride)
@@ -115,6 +117,13 @@ def test_the_depthwise_layer_through_the_kernel_has_laxs_values_and_gradients():
     pads = ((1, 2), (1, 2))
     probe = jnp.asarray(rng.normal(size=(3, 5, 5, 24)), jnp.float32)
     loss = lambda x, w: (depthwise_conv(x, w, 2, pads) * probe).sum()  # noqa: E731
-    got = runtime.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
-    _, want_w = _lax_grads(x, kernel, 2, pads, probe)
-    np.testing.assert_allclose(got[1], want_w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want_w))))
+    traced = str(jax.make_jaxpr(cpu.with_cpu_kernels(jax.grad(loss, argnums=(0, 1))))(x, kernel))
+    assert ("jaxnets_depthwise_weight_grad" in traced) == native.available()
+    got_y = runtime.jit(lambda x, w: depthwise_conv(x, w, 2, pads))(x, kernel)
+    got_x, got_w = runtime.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (2, 2), pads, feature_group_count=24, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    want_y, pullback = jax.vjp(conv, x, kernel)
+    want_x, want_w = pullback(probe)
+    for got, want in ((got_y, want_y), (got_x, want_x), (got_w, want_w)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))

@@ -3,13 +3,13 @@ and predict steps of the standard set, on this machine's CPU kind.
 
     python tools/kernel_table.py [--rounds 2] [--json out.json]
 
-For every row and every path, the step is compiled with the path switched off (`JAXNETS_CPU_OFF=name`, exactly
-what a user sets) and compared with the step with every path on (`JAXNETS_CPU_ON=all`: the paths this kind's
-table switches off are measured too): where the compiled programs are the same, the
-path does not reach that step ("–"). Where they differ, both are timed, alternating, `--rounds` rounds, best of
-each; the gain is on/off - 1. A path whose best gain over all rows is under 5 % belongs in `choice.OFF_ON` for
-this kind; one that reaches no row because another path takes its layers (stored_input_conv beside the wide
-kernels) costs nothing and stays: the table is measured with the kernels running, and applies only there.
+For every row and every path, the step is compiled with the path switched off (`JAXNETS_CPU_OFF=name`, exactly what
+a user sets) and compared with the step with every path on (`JAXNETS_CPU_ON=all`: the paths this kind's table
+switches off are measured too): where the compiled programs are the same, the path does not reach that step ("–").
+Where they differ, both are timed, alternating, `--rounds` rounds, best of each; the gain is on/off - 1. A path
+whose best gain over the standard set's rows (all but Lite0's) is under 5 % belongs in `choice.OFF_ON` for this
+kind; one that reaches no row because another path takes its layers (stored_input_conv beside the wide kernels)
+costs nothing and stays: the table is measured with the kernels running, and applies only there.
 `ynn_dots` is a compiler option (the HLO text may not show it), so it is timed on every row.
 """
 
@@ -23,9 +23,9 @@ import re
 from jaxnets.bench.steps import bench_step, machine, step_runner
 from jaxnets.runtime import choice
 
-# (model, mode, batch, size, channels, options, steps): 14 of the standard set's 17 rows (tools/bench_suite.py),
-# VGG-16 at the issue's 64 px instead of 128 px, without LeNet-5 predict b256 and ResNet-18 train 224 px (the same
-# layers as rows here), with steps enough for about a second of measurement
+# (model, mode, batch, size, channels, options, steps): 14 of the standard set's 17 rows (tools/bench_suite.py) and
+# Lite0's, VGG-16 at the issue's 64 px instead of 128 px, without LeNet-5 predict b256 and ResNet-18 train 224 px
+# (the same layers as rows here), with steps enough for about a second of measurement
 ROWS = [
     ("logistic_regression", "train", 32, 64, 3, None, 2000),
     ("logistic_regression", "predict", 32, 64, 3, None, 5000),

@@ -6,7 +6,8 @@ even where the table switches them off (how they are measured again, by tools/ke
 The older switches stay:
 `JAXNETS_CPU_DOTS=xla` is `ynn_dots` off, `JAXNETS_CPU_KERNELS=xla` is every kernel of native.py off.
 Each path is measured on whole train and predict steps per kind (BENCHMARKS.md); one that does not earn its place
-on a kind is listed in `OFF_ON` for it.
+on a kind is listed in `OFF_ON` for it. The table was measured with every kernel running, so it is not applied
+while any of native.py's kernels is off (named in `JAXNETS_CPU_OFF` too): then every other path runs.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Nothing here changes what a model computes: each function has the values of its plain counterpart
 (models/layers.py's `LayerOps` defaults: lax's and jnp's), to float rounding, and is tested against them
-(tests/test_runtime.py, tests/test_native.py). `layer_ops()` is the table `runtime.jit` traces jaxnets' steps with
-on XLA:CPU; every path has a name in choice.py and can be switched off there, per CPU kind or by
-`JAXNETS_CPU_OFF`. What each path is for, in short (the measurements behind each: docs/bench/history.md, "The CPU
-runtime's own notes"; today's figures: BENCHMARKS.md):
+(tests/test_runtime.py, tests/test_native.py, tests/test_depthwise_kernel.py). `layer_ops()` is the table
+`runtime.jit` traces jaxnets' steps with on XLA:CPU; every path has a name in choice.py and can be switched off
+there, per CPU kind or by `JAXNETS_CPU_OFF`. What each path is for, in short (the measurements
+behind each: docs/bench/history.md, "The CPU runtime's own notes"; today's figures: BENCHMARKS.md):
 
 - `ynn_dots`: every dot of our steps, and the dots XLA's convolutions become, go to the YNNPACK library
   (`compiler_options`, per `jax.jit`, never the process-wide XLA_FLAGS).
@@ -21,6 +21,8 @@ runtime's own notes"; today's figures: BENCHMARKS.md):
 - `narrow_dense`: few outputs from many inputs (a narrow head; logistic regression and the shallow net where the
   pixel-dense kernel does not run): the kernel's gradient as gᵀ·x from a stored buffer, transposed.
 - `pixel_dense_kernel`: `PixelDense` straight from uint8 pixels by jaxnets' kernel (native.py).
+- `depthwise_kernel`: the kernel gradient of models/depthwise.py's convolution (EfficientNet-Lite) by jaxnets'
+  kernel (native.py), through `LayerOps.depthwise_weight_grad`.
 - `batch_norm_sums`, `conv_bias_sums`: reductions.py.
 
 Reverse mode works through every path; forward mode (`jax.jvp`) does not (custom VJPs), and where jaxnets' kernels

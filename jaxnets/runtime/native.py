@@ -317,7 +317,7 @@ def takes_depthwise_weight_grad(x: jax.Array, g: jax.Array, k: int, stride: int,
     """Whether `depthwise_weight_grad` computes this depthwise convolution's kernel gradient: float32 NHWC x and
     g with the same channels, a 3×3 or 5×5 filter, a positive stride, no negative padding."""
     return (x.dtype == jnp.float32 and g.dtype == jnp.float32 and x.ndim == 4 and g.ndim == 4 and k in (3, 5)
-            and g.shape[0] == x.shape[0] and g.shape[3] == x.shape[3] and stride >= 1
+            and g.shape[0] == x.shape[0] and g.shape[3] == x.shape[3] >= 1 and stride >= 1
             and min(min(p) for p in pads) >= 0 and choice.enabled("depthwise_kernel") and available())
 
 

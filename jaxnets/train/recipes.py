@@ -61,8 +61,8 @@ MODEL_RECIPES: dict[str, dict[str, Any]] = {
 # A family's own `--pretrained` recipe, over the general one (train/config.py's FINETUNE_RECIPE).
 # EfficientNet-Lite on ImageNet weights: the new head alone for one epoch (the backbone's backward pass is dropped,
 # so that epoch costs a forward pass), then two epochs of the whole network at a tenth of the rate. Its features
-# already separate cats from dogs; a longer run buys little and its depthwise backward passes are the slow part on
-# a CPU. Measured in docs/results.md (the command with no other flag).
+# already separate cats from dogs; a longer run buys little, and on a CPU each whole-network epoch costs several
+# times the head-only one. Measured in docs/results.md (the command with no other flag).
 FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
     "efficientnet_lite": {"epochs": 3, "freeze_epochs": 1, "backbone_lr_mult": 0.1},
 }
