@@ -16,11 +16,15 @@ from jaxnets.runtime import cpu, native
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU kernel")
 
 
+def _lax_conv(x, kernel, stride, pads):
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads, feature_group_count=x.shape[-1],
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def _lax_grads(x, kernel, stride, pads, g):
-    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
-        x, w, (stride, stride), pads, feature_group_count=x.shape[-1], dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y, pullback = jax.vjp(conv, x, kernel)
-    return y, pullback(g)[1]
+    """lax's grouped convolution of x and its (input, kernel) gradients for the output cotangent g."""
+    y, pullback = jax.vjp(lambda x, w: _lax_conv(x, w, stride, pads), x, kernel)
+    return y, *pullback(g)
 
 
 @pytest.mark.parametrize(("x_shape", "k", "stride", "pads"), [
@@ -40,10 +44,8 @@ def test_the_kernel_gradient_is_laxs(x_shape, k, stride, pads):
     rng = np.random.default_rng(sum(x_shape) + k + stride)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(k, k, 1, x_shape[-1])), jnp.float32)
-    y = jax.lax.conv_general_dilated(x, kernel, (stride,) * 2, pads, feature_group_count=x_shape[-1],
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-    _, want = _lax_grads(x, kernel, stride, pads, g)
+    g = jnp.asarray(rng.normal(size=_lax_conv(x, kernel, stride, pads).shape), jnp.float32)
+    want = _lax_grads(x, kernel, stride, pads, g)[2]
     assert native.takes_depthwise_weight_grad(x, g, k, stride, pads) == native.available()
     if not native.available():
         pytest.skip("no kernel on this machine (no AVX-512 or no compiler): the fallback test covers it")
@@ -63,7 +65,7 @@ def test_non_finite_values_reach_exactly_the_taps_that_meet_them_and_other_layer
     # g reaches every tap of its channel, padding included (0·NaN), as in lax
     assert np.isinf(d_w[:2, :2, 0, 3]).all() and np.isfinite(d_w[2, :, 0, 3]).all()
     assert np.isfinite(d_w[:, 2, 0, 3]).all() and np.isnan(d_w[..., 0, 17]).all()
-    want = _lax_grads(x, jnp.ones((3, 3, 1, 20)), 1, same[2], g)[1]
+    want = _lax_grads(x, jnp.ones((3, 3, 1, 20)), 1, same[2], g)[2]
     np.testing.assert_array_equal(np.isfinite(d_w), np.isfinite(np.asarray(want)))
     assert np.isfinite(np.delete(d_w, [3, 17], axis=3)).all()
     for other in ((x.astype(jnp.bfloat16), g, *same), (x, g, 7, 1, ((3, 3), (3, 3))),  # bfloat16, a 7x7 filter
@@ -121,9 +123,6 @@ def test_the_depthwise_layer_through_the_kernel_has_laxs_values_and_gradients():
     assert ("jaxnets_depthwise_weight_grad" in traced) == native.available()
     got_y = runtime.jit(lambda x, w: depthwise_conv(x, w, 2, pads))(x, kernel)
     got_x, got_w = runtime.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
-    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
-        x, w, (2, 2), pads, feature_group_count=24, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    want_y, pullback = jax.vjp(conv, x, kernel)
-    want_x, want_w = pullback(probe)
+    want_y, want_x, want_w = _lax_grads(x, kernel, 2, pads, probe)
     for got, want in ((got_y, want_y), (got_x, want_x), (got_w, want_w)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))

@@ -54,11 +54,18 @@ def _forward(x: Array, kernel: Array, stride: int, pads: Pads) -> tuple[Array, t
     return depthwise_conv(x, kernel, stride, pads), (x, kernel)
 
 
+def _per_tap_weight_grad(x: Array, g: Array, k: int, stride: int, pads: Pads) -> Array:
+    """The kernel's gradient as one reduction over batch and space per tap, [k·k, C] (where no backend kernel)."""
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    g32 = g.astype(jnp.float32)
+    return jnp.stack([(view.astype(jnp.float32) * g32).sum((0, 1, 2))
+                      for _, _, view in _taps(xp, k, stride, g.shape[1:3])])
+
+
 def _backward(stride: int, pads: Pads, residuals: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
     x, kernel = residuals
     k = kernel.shape[0]
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    hp, wp = xp.shape[1:3]
+    hp, wp = x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1])
     h, w = g.shape[1:3]
     zero = jnp.zeros((), g.dtype)
     # the output gradient spread back to input positions (stride-dilated), framed so that a stride-1 shifted sum
@@ -68,10 +75,8 @@ def _backward(stride: int, pads: Pads, residuals: tuple[Array, Array], g: Array)
     dxp = _shifted_sum(spread, kernel[::-1, ::-1].astype(g.dtype), 1, (hp, wp))
     dx = dxp[:, pads[0][0]:hp - pads[0][1], pads[1][0]:wp - pads[1][1], :]
     dkernel = current_layer_ops().depthwise_weight_grad(x, g, k, stride, pads)
-    if dkernel is None:  # the backend has no kernel for it: one reduction per tap
-        g32 = g.astype(jnp.float32)
-        taps = [(view.astype(jnp.float32) * g32).sum((0, 1, 2)) for _, _, view in _taps(xp, k, stride, (h, w))]
-        dkernel = jnp.stack(taps)
+    if dkernel is None:  # the backend has no kernel for it
+        dkernel = _per_tap_weight_grad(x, g, k, stride, pads)
     return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
