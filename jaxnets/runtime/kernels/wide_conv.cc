@@ -15,8 +15,11 @@
 //   input (ky, j) of the run OT loads of w and B broadcasts of x.
 // weight grad: dw[ky, kx, c, o] = sum_{n, oy, ox} x[n, oy*S + ky - P, ox*S + kx - Q, c] * g[n, oy, ox, o]
 //   dw's rows (ky, j = kx*C + c) taken R at a time against up to four registers of outputs (R x OT
-//   accumulators), over a tile of output rows; for each position OT loads of g, R broadcasts of x. The batch is
-//   cut into slices, each sums into its own partial dw, the partials are added last.
+//   accumulators), over a tile of output rows; for each position OT loads of g, R broadcasts of x. Where dw is
+//   small beside the batch (to 128 channels at ResNet's sizes) the batch is cut into slices, each sums into its
+//   own partial dw, the partials are added last; where it is large (256-512 channels, few positions; 8 partials
+//   of a 3x3x512x512 dw are 75 MB) each task owns a region of dw (a kernel row, 64 outputs, a group of passes)
+//   and sums it over the whole batch. Either way each value's order of sums does not depend on the threads.
 // x is 0 outside the image: padding rows are skipped, padding columns contribute 0 * w (so with an infinite
 // weight lax's outputs next to a padding row are NaN where these stay finite; every other value is lax's).
 
@@ -116,23 +119,37 @@ constexpr std::array<std::array<Block, kMaxRows>, sizeof...(T)> block_table(std:
 }
 constexpr auto kBlocks = block_table(std::make_integer_sequence<int, kMaxTiles>{});
 
+int64_t passes_of(const Geometry& s) { return (s.run() + kMaxRows - 1) / kMaxRows; }  // blocks of rows per ky
+int64_t tile_rows(const Geometry& s) { return std::max<int64_t>(1, (kPositions + s.ow - 1) / s.ow); }
+
+// passes [p0, p1) over kernel row ky's inputs (R of the run each), outputs [o0, o0 + 16 * tiles), over the output
+// rows [r0, r1), added into `out`
+void kernel_row(const Geometry& s, const float* x, const float* g, float* out, int64_t r0, int64_t r1, int64_t ky,
+                int64_t o0, int64_t p0, int64_t p1) {
+  const int64_t run = s.run(), passes = passes_of(s), tiles = std::min<int64_t>(kMaxTiles, (s.o - o0) / 16);
+  for (int64_t i = 0, j = 0; i < p1; ++i) {
+    const int64_t size = (run - j) / (passes - i);
+    if (i >= p0) kBlocks[tiles - 1][size - 1](s, x, g, out, r0, r1, ky, j, o0);
+    j += size;
+  }
+}
+
 // every row of dw for batch entries [n0, n1), added into `partial` [KH * KW * C, O]
 void weight_grad_slice(const Geometry& s, const float* x, const float* g, float* partial, int64_t n0, int64_t n1) {
-  const int64_t run = s.run(), passes = (run + kMaxRows - 1) / kMaxRows;
-  const int64_t tile = std::max<int64_t>(1, (kPositions + s.ow - 1) / s.ow);  // output rows per tile
+  const int64_t tile = tile_rows(s);
   for (int64_t r0 = n0 * s.oh; r0 < n1 * s.oh; r0 += tile) {
     const int64_t r1 = std::min(n1 * s.oh, r0 + tile);
     for (int64_t ky = 0; ky < s.kh; ++ky) {
-      for (int64_t o0 = 0; o0 < s.o; o0 += 16 * kMaxTiles) {
-        const int64_t tiles = std::min<int64_t>(kMaxTiles, (s.o - o0) / 16);
-        for (int64_t i = 0, j = 0; i < passes; ++i) {
-          const int64_t size = (run - j) / (passes - i);
-          kBlocks[tiles - 1][size - 1](s, x, g, partial, r0, r1, ky, j, o0);
-          j += size;
-        }
-      }
+      for (int64_t o0 = 0; o0 < s.o; o0 += 16 * kMaxTiles) kernel_row(s, x, g, partial, r0, r1, ky, o0, 0, passes_of(s));
     }
   }
+}
+
+// kernel row ky's passes [p0, p1), outputs [o0, o0 + 64) of dw, over the whole batch: written straight into dw
+void weight_grad_region(const Geometry& s, const float* x, const float* g, float* dw, int64_t ky, int64_t o0,
+                        int64_t p0, int64_t p1) {
+  const int64_t tile = tile_rows(s), rows = s.n * s.oh;
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) kernel_row(s, x, g, dw, r0, std::min(rows, r0 + tile), ky, o0, p0, p1);
 }
 
 // ---- forward: y[n, oy, ox, o] = sum_{ky, kx, c} x[n, oy*S + ky - P, ox*S + kx - Q, c] * w[ky, kx, c, o]
@@ -250,12 +267,26 @@ ffi::Error WideConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
   float* out = dw->typed_data();
   std::fill(out, out + size, 0.0f);
   if (s.n == 0) return ffi::Error::Success();
-  const int64_t slices = std::min<int64_t>(s.n, 8), per = (s.n + slices - 1) / slices;
-  const int64_t tasks = (s.n + per - 1) / per;
-  std::vector<float> partial(static_cast<size_t>(tasks * size), 0.0f);
   const float *xp = x.typed_data(), *gp = g.typed_data();
+  const bool threaded = s.macs() >= jaxnets::kThreadedMacs;
+  const int64_t slices = std::min<int64_t>(s.n, 8);
+  if (slices * size > s.n * (s.h * s.w * s.c + s.oh * s.ow * s.o)) {
+    // dw is large beside the batch (ResNet's and VGG's 256- and 512-channel layers): slices' partials would cost
+    // more than reading x and g once per region, so tasks are regions of dw (kernel row, 64 outputs, passes)
+    const int64_t blocks = (s.o + 16 * kMaxTiles - 1) / (16 * kMaxTiles), passes = passes_of(s);
+    const int64_t threads = threaded ? pool.num_threads() : 1;
+    const int64_t groups = std::clamp<int64_t>((4 * threads + s.kh * blocks - 1) / (s.kh * blocks), 1, passes);
+    jaxnets::parallel_tasks(pool, s.kh * blocks * groups, threaded, [=](int64_t t) {
+      const int64_t region = t / groups, group = t % groups;
+      weight_grad_region(s, xp, gp, out, region / blocks, (region % blocks) * 16 * kMaxTiles,
+                         group * passes / groups, (group + 1) * passes / groups);
+    });
+    return ffi::Error::Success();
+  }
+  const int64_t per = (s.n + slices - 1) / slices, tasks = (s.n + per - 1) / per;
+  std::vector<float> partial(static_cast<size_t>(tasks * size), 0.0f);
   float* pp = partial.data();
-  jaxnets::parallel_tasks(pool, tasks, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
+  jaxnets::parallel_tasks(pool, tasks, threaded, [=](int64_t t) {
     weight_grad_slice(s, xp, gp, pp + t * size, t * per, std::min(s.n, (t + 1) * per));
   });
   for (int64_t t = 0; t < tasks; ++t) {
