@@ -140,7 +140,9 @@ void weight_grad_slice(const Geometry& s, const float* x, const float* g, float*
   for (int64_t r0 = n0 * s.oh; r0 < n1 * s.oh; r0 += tile) {
     const int64_t r1 = std::min(n1 * s.oh, r0 + tile);
     for (int64_t ky = 0; ky < s.kh; ++ky) {
-      for (int64_t o0 = 0; o0 < s.o; o0 += 16 * kMaxTiles) kernel_row(s, x, g, partial, r0, r1, ky, o0, 0, passes_of(s));
+      for (int64_t o0 = 0; o0 < s.o; o0 += 16 * kMaxTiles) {
+        kernel_row(s, x, g, partial, r0, r1, ky, o0, 0, passes_of(s));
+      }
     }
   }
 }
