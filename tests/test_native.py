@@ -234,6 +234,10 @@ def _conv(x, w, strides, padding):
     ((1, 3, 3, 96), (3, 3, 96, 80), (1, 1), ((1, 1), (1, 1))),     # 80 outputs: a region of 64 and one of 16
     ((2, 2, 2, 1024), (1, 1, 1024, 64), (1, 1), ((0, 0), (0, 0))),  # one region cut into groups of passes
     ((4, 4, 4, 1024), (1, 1, 1024, 64), (1, 1), ((0, 0), (0, 0))),  # the same, threaded
+    # the input gradient of a strided convolution: stride·stride phases, each a stride-1 convolution
+    ((2, 11, 10, 16), (3, 3, 16, 32), (3, 2), ((4, 0), (1, 3))),   # padding wider than the kernel, uneven phases
+    ((2, 7, 8, 32), (1, 1, 32, 16), (3, 3), ((0, 0), (0, 0))),     # phases no tap meets: zeros
+    ((1, 5, 6, 16), (3, 3, 16, 16), (1, 1), ((3, 3), (2, 4))),     # stride 1, padding wider than the kernel
 ])
 def test_the_wide_kernels_compute_lax_convolution_and_its_gradients(x_shape, w_shape, strides, padding):
     rng = np.random.default_rng(sum(x_shape) + sum(w_shape))
@@ -251,7 +255,7 @@ def test_the_wide_kernels_compute_lax_convolution_and_its_gradients(x_shape, w_s
     d_w = jax.jit(native.wide_conv_weight_grad, static_argnums=(2, 3, 4))(x, g, w.shape, strides, padding)
     np.testing.assert_allclose(d_w, want_d_w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want_d_w))))
     if native.takes_wide_input_grad(x, w, strides, padding):
-        d_x = jax.jit(native.wide_conv_input_grad, static_argnums=2)(g, w, padding)
+        d_x = jax.jit(native.wide_conv_input_grad, static_argnums=(2, 3, 4))(g, w, strides, padding, x.shape[1:3])
         assert d_x.shape == x.shape
         np.testing.assert_allclose(d_x, want_d_x, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want_d_x))))
 
@@ -268,14 +272,13 @@ def test_the_wide_kernels_propagate_non_finite_values_and_refuse_other_layers():
     d_w = np.asarray(jax.jit(native.wide_conv_weight_grad, static_argnums=(2, 3, 4))(x, g, w.shape, *same))
     assert np.isinf(d_w[..., 0, :5]).all() and np.isnan(d_w[1:, 1:, :, 5]).all()  # x[0,0,0] meets g[0,0,0]: w[1,1]
     assert np.isfinite(d_w[:, :, 1:, :5]).all() and np.isfinite(d_w[:, :, 1:, 6:]).all()
-    d_x = np.asarray(jax.jit(native.wide_conv_input_grad, static_argnums=2)(g, w, same[1]))
+    d_x = np.asarray(jax.jit(native.wide_conv_input_grad, static_argnums=(2, 3, 4))(g, w, *same, x.shape[1:3]))
     assert np.isnan(d_x[0, :2, :2]).all() and np.isfinite(d_x[0, 2:]).all() and np.isfinite(d_x[1]).all()
     for other in (w[..., :15], w.astype(jnp.bfloat16)):  # not 16·k outputs, not float32
         assert not native.takes_wide_conv(x, other, *same)
     assert not native.takes_wide_conv(x, w, (1, 1), ((-1, 0), (0, 0)))  # a crop
     assert not native.takes_wide_conv(jnp.ones((2, 2, 2, 16)), w, (1, 1), ((0, 0), (0, 0)))  # no output
-    assert not native.takes_wide_input_grad(x, w, (2, 2), same[1])  # strided
-    assert not native.takes_wide_input_grad(x, jnp.ones((3, 3, 16, 16)), (1, 1), ((3, 3), (3, 3)))  # pad > k - 1
+    assert not native.takes_wide_input_grad(x[..., :15], w[:, :, :15], *same)  # not 16·k input channels
 
 
 def _resnet_step(dtype=jnp.float32):
@@ -298,9 +301,9 @@ def test_resnet_trains_through_the_wide_kernels_with_lax_gradients():
     hlo = fast.lower(params).compile().as_text()
     calls = {target: hlo.count(f'custom_call_target="{target}"')
              for target in (native.WIDE_CONV_FORWARD, native.WIDE_CONV_WEIGHT_GRAD)}
-    # every one of the 20 convolutions forward and its weight gradient, and the input gradients of the 13 stride-1
-    # 3x3 layers
-    assert calls == ({native.WIDE_CONV_FORWARD: 33, native.WIDE_CONV_WEIGHT_GRAD: 20} if native.available() else
+    # every one of the 20 convolutions forward and its weight gradient, and the input gradients of all but the
+    # stem: 13 stride-1 3x3 layers, 3 stride-2 3x3 layers (4 phases each), 3 stride-2 1x1 shortcuts (1 phase each)
+    assert calls == ({native.WIDE_CONV_FORWARD: 48, native.WIDE_CONV_WEIGHT_GRAD: 20} if native.available() else
                      {native.WIDE_CONV_FORWARD: 0, native.WIDE_CONV_WEIGHT_GRAD: 0})
     for got, want in zip(jax.tree.leaves(fast(params)), jax.tree.leaves(jax.jit(step)(params)), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want))))

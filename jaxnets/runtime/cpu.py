@@ -180,7 +180,7 @@ def _stored_input_bwd(strides, padding, residuals, g):
                              dimension_numbers=_NHWC)
     d_lhs, d_rhs = jax.vjp(conv, materialized(lhs), rhs)[1](g)
     if native.takes_wide_input_grad(lhs, rhs, strides, padding):
-        d_lhs = native.wide_conv_input_grad(g, rhs, padding).astype(lhs.dtype)
+        d_lhs = native.wide_conv_input_grad(g, rhs, strides, padding, lhs.shape[1:3]).astype(lhs.dtype)
     if native.takes_wide_conv(lhs, rhs, strides, padding):
         d_rhs = native.wide_conv_weight_grad(lhs, g, rhs.shape, strides, padding).astype(rhs.dtype)
     return d_lhs, d_rhs

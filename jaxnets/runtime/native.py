@@ -281,20 +281,53 @@ def wide_conv_forward(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], 
 
 def takes_wide_input_grad(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], padding: Padding) -> bool:
     """Whether `wide_conv_input_grad` computes this convolution's input gradient: as `takes_wide_conv`, with
-    stride 1, 16·k input channels and no padding wider than the kernel (the transposed convolution's own padding
-    would be negative)."""
-    if not (takes_wide_conv(lhs, rhs, strides, padding) and tuple(strides) == (1, 1) and rhs.shape[2] % 16 == 0):
-        return False
-    return all(p <= k - 1 for pair, k in zip(padding, rhs.shape[:2], strict=True) for p in pair)
+    16·k input channels (the outputs of the forward kernel it runs)."""
+    return takes_wide_conv(lhs, rhs, strides, padding) and rhs.shape[2] % 16 == 0
 
 
-def wide_conv_input_grad(g: jax.Array, rhs: jax.Array, padding: Padding) -> jax.Array:
-    """The input gradient of a stride-1 convolution (where `takes_wide_input_grad`): the forward kernel over the
-    output gradient, with the kernel turned by 180° and its input and output channels swapped."""
-    kh, kw = rhs.shape[:2]
-    turned = jnp.swapaxes(rhs[::-1, ::-1], 2, 3)
-    pads = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]), (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))
-    return wide_conv_forward(g.astype(jnp.float32), turned, (1, 1), pads)
+def _phase(size: int, k: int, stride: int, pad: int, out: int, a: int) -> tuple[int, int, int, int, int]:
+    """One axis of one phase of the input gradient: the inputs a, a + stride, ... meet the kernel taps r, r +
+    stride, ... (`taps` of them) of the outputs they feed. Returns (r, taps, positions, low, high): the phase's
+    input positions are a stride-1 correlation of the output gradient, padded by (low, high), negative = cut, with
+    those taps turned by 180°."""
+    r = (a + pad) % stride
+    taps = max(0, -(-(k - r) // stride))
+    shift = (a + pad) // stride
+    positions = max(0, -(-(size - a) // stride))
+    return r, taps, positions, taps - 1 - shift, positions + shift - out
+
+
+def _phase_grad(g: jax.Array, rhs: jax.Array, strides, axes) -> jax.Array:
+    """The input gradient at one phase (one `_phase` per axis): the forward kernel over g, cut or padded, with
+    that phase's taps turned by 180° and their input and output channels swapped."""
+    (rh, th, qh, lo_h, hi_h), (rw, tw, qw, lo_w, hi_w) = axes
+    n, c = g.shape[0], rhs.shape[2]
+    if min(th, tw, qh, qw) == 0:
+        return jnp.zeros((n, qh, qw, c), jnp.float32)
+    cut = g[:, max(0, -lo_h):g.shape[1] - max(0, -hi_h), max(0, -lo_w):g.shape[2] - max(0, -hi_w)]
+    if min(cut.shape[1:3]) == 0:  # the phase reads only padding
+        return jnp.zeros((n, qh, qw, c), jnp.float32)
+    turned = jnp.swapaxes(rhs[rh::strides[0], rw::strides[1]][::-1, ::-1], 2, 3)
+    pads = ((max(0, lo_h), max(0, hi_h)), (max(0, lo_w), max(0, hi_w)))
+    return wide_conv_forward(cut.astype(jnp.float32), turned, (1, 1), pads)
+
+
+def wide_conv_input_grad(g: jax.Array, rhs: jax.Array, strides: tuple[int, int], padding: Padding,
+                         size: tuple[int, int]) -> jax.Array:
+    """The input gradient of a convolution of an input of spatial `size` (where `takes_wide_input_grad`). With
+    stride s it falls into s·s phases, each a stride-1 convolution of g (the sub-pixel split); XLA's own runs as a
+    convolution with a dilated input, at a fraction of its stride-1 speed. The phases are interleaved last."""
+    geometry = [[_phase(size[i], rhs.shape[i], strides[i], padding[i][0], g.shape[1 + i], a)
+                 for a in range(strides[i])] for i in range(2)]
+    qh, qw = (-(-size[i] // strides[i]) for i in range(2))
+    phases = jnp.stack([jnp.stack([_filled(_phase_grad(g, rhs, strides, (ah, aw)), qh, qw) for aw in geometry[1]],
+                                  axis=3) for ah in geometry[0]], axis=2)  # [n, qh, stride_h, qw, stride_w, c]
+    return phases.reshape(g.shape[0], qh * strides[0], qw * strides[1], rhs.shape[2])[:, :size[0], :size[1]]
+
+
+def _filled(phase: jax.Array, rows: int, cols: int) -> jax.Array:
+    """A phase padded with zeros to the first phase's positions (the others may hold one fewer)."""
+    return jnp.pad(phase, ((0, 0), (0, rows - phase.shape[1]), (0, cols - phase.shape[2]), (0, 0)))
 
 
 def wide_conv_weight_grad(lhs: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],

@@ -1,6 +1,6 @@
 // Convolutions with 16·k output channels (any stride and padding), NHWC / HWIO, float32: the forward pass and
-// the kernel's gradient of ResNet's, VGG's and AlexNet's layers (a stride-1 layer's input gradient is the
-// forward over the output gradient with the kernel turned by 180 degrees: native.wide_conv_input_grad).
+// the kernel's gradient of ResNet's, VGG's and AlexNet's layers (the input gradient is the forward over the
+// output gradient with the kernel turned by 180 degrees, per phase where strided: native.wide_conv_input_grad).
 //
 // Why (runtime/cpu.py, item 10): XLA:CPU computes a kernel gradient as a convolution over an output-sized
 // "window" after transposing the input channel-major and the gradient position-major, at 30-150 GFLOP/s (34 ms
