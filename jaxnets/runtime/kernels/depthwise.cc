@@ -99,20 +99,14 @@ ffi::Error DepthwiseWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ff
   std::fill(out, out + size, 0.0f);
   if (s.n == 0 || s.oh < 1 || s.ow < 1) return ffi::Error::Success();
   const int64_t blocks = (s.c + 15) / 16;
-  const int64_t slices = std::min<int64_t>(s.n, std::max<int64_t>(2, 16 / blocks)), per = (s.n + slices - 1) / slices;
-  const int64_t used = (s.n + per - 1) / per;
-  std::vector<float> partial(static_cast<size_t>(used * size), 0.0f), zeros(static_cast<size_t>(s.w * s.c + 16));
+  const int64_t slices = std::min<int64_t>(s.n, std::max<int64_t>(2, 16 / blocks));
+  std::vector<float> zeros(static_cast<size_t>(s.w * s.c + 16));
   const float *xp = x.typed_data(), *gp = g.typed_data(), *zp = zeros.data();
-  float* pp = partial.data();
   const auto run = s.k == 3 ? taps_block<3> : taps_block<5>;
-  jaxnets::parallel_tasks(pool, used * blocks, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
-    const int64_t slice = t / blocks, c0 = (t % blocks) * 16;
-    run(s, xp, gp, zp, pp + slice * size, c0, slice * per, std::min(s.n, (slice + 1) * per));
-  });
-  for (int64_t t = 0; t < used; ++t) {
-    const float* p = pp + t * size;
-    for (int64_t i = 0; i < size; ++i) out[i] += p[i];
-  }
+  jaxnets::sum_batch_slices(pool, s.n, (s.n + slices - 1) / slices, blocks, size, s.macs() >= jaxnets::kThreadedMacs,
+                            out, [=](float* partial, int64_t n0, int64_t n1, int64_t block) {
+                              run(s, xp, gp, zp, partial, block * 16, n0, n1);
+                            });
   return ffi::Error::Success();
 }
 

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -39,6 +40,25 @@ void parallel_tasks(xla::ffi::ThreadPool& pool, int64_t tasks, bool threaded, Bo
   job->work();
   for (int spins = 0; job->done.load(std::memory_order_acquire) < job->tasks; ++spins) {
     if (spins < 4096) _mm_pause(); else std::this_thread::yield();
+  }
+}
+
+// A sum over the batch in slices of `per` entries: body(partial, n0, n1, part) adds entries [n0, n1) into its
+// slice's own `size` zeroed floats, for each of `parts` parts (blocks of channels a task owns). The partials are
+// then added into `out` in slice order, so no value's order of sums depends on the thread count.
+template <class Body>
+void sum_batch_slices(xla::ffi::ThreadPool& pool, int64_t n, int64_t per, int64_t parts, int64_t size, bool threaded,
+                      float* out, Body body) {
+  const int64_t slices = (n + per - 1) / per;
+  std::vector<float> partial(static_cast<size_t>(slices * size), 0.0f);
+  float* pp = partial.data();
+  parallel_tasks(pool, slices * parts, threaded, [=](int64_t t) {
+    const int64_t slice = t / parts;
+    body(pp + slice * size, slice * per, std::min(n, (slice + 1) * per), t % parts);
+  });
+  for (int64_t t = 0; t < slices; ++t) {
+    const float* p = pp + t * size;
+    for (int64_t i = 0; i < size; ++i) out[i] += p[i];
   }
 }
 

@@ -259,22 +259,15 @@ ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   }
   // slices of the batch: enough for two cores to balance, few enough that the partials stay small
   // (one channel: one image a slice, so its channel-major rows of g stay in L1 through every pass)
-  const int64_t slices = s.c == 1 ? s.n : std::min<int64_t>(s.n, 8), per = (s.n + slices - 1) / slices;
-  const int64_t tasks = (s.n + per - 1) / per;
-  std::vector<float> partial(static_cast<size_t>(tasks * rows * 16));
+  const int64_t slices = s.c == 1 ? s.n : std::min<int64_t>(s.n, 8);
   const float *xd = x.typed_data(), *gd = g.typed_data();
-  float* pd = partial.data();
-  jaxnets::parallel_tasks(pool, tasks, s.macs() >= jaxnets::kThreadedMacs, [=](int64_t t) {
-    (s.c == 1 ? kOneChannelGrad[s.o - 1] : weight_grad_slice)(s, xd, gd, pd + t * rows * 16, t * per,
-                                                             std::min(s.n, (t + 1) * per));
-  });
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t o = 0; o < s.o; ++o) {
-      float sum = 0.0f;
-      for (int64_t t = 0; t < tasks; ++t) sum += pd[(t * rows + r) * 16 + o];
-      out[r * s.o + o] = sum;
-    }
-  }
+  const auto slice = s.c == 1 ? kOneChannelGrad[s.o - 1] : weight_grad_slice;
+  std::vector<float> lanes(static_cast<size_t>(rows * 16), 0.0f);  // dw with its outputs padded to 16 lanes
+  jaxnets::sum_batch_slices(pool, s.n, (s.n + slices - 1) / slices, 1, rows * 16, s.macs() >= jaxnets::kThreadedMacs,
+                            lanes.data(), [=](float* partial, int64_t n0, int64_t n1, int64_t) {
+                              slice(s, xd, gd, partial, n0, n1);
+                            });
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(lanes.data() + r * 16, s.o, out + r * s.o);
   return ffi::Error::Success();
 }
 

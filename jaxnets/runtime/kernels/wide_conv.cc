@@ -285,16 +285,10 @@ ffi::Error WideConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
     });
     return ffi::Error::Success();
   }
-  const int64_t per = (s.n + slices - 1) / slices, tasks = (s.n + per - 1) / per;
-  std::vector<float> partial(static_cast<size_t>(tasks * size), 0.0f);
-  float* pp = partial.data();
-  jaxnets::parallel_tasks(pool, tasks, threaded, [=](int64_t t) {
-    weight_grad_slice(s, xp, gp, pp + t * size, t * per, std::min(s.n, (t + 1) * per));
-  });
-  for (int64_t t = 0; t < tasks; ++t) {
-    const float* p = pp + t * size;
-    for (int64_t i = 0; i < size; ++i) out[i] += p[i];
-  }
+  jaxnets::sum_batch_slices(pool, s.n, (s.n + slices - 1) / slices, 1, size, threaded, out,
+                            [=](float* partial, int64_t n0, int64_t n1, int64_t) {
+                              weight_grad_slice(s, xp, gp, partial, n0, n1);
+                            });
   return ffi::Error::Success();
 }
 
