@@ -42,8 +42,11 @@ OFF_ON: dict[str, frozenset[str]] = {
     # 4096- or 512-input head), -3 to -8 % elsewhere; the pixel-dense kernel takes the layers it was written for.
     # one_channel_conv (shifted slices when predicting) -4 % since the small-conv kernel's one-channel forward,
     # which then takes LeNet-5's first layer through few_channel_conv
+    # Zen 5 (family 26 model 2), 2026-12-08: the same (narrow_dense's gains are noise in a one-process A/B)
     "amd-avx512": frozenset({"narrow_dense", "one_channel_conv"}),
-    "intel-avx512": frozenset(),  # Intel Xeon with AVX-512 (Ice Lake and later): not measured by jaxnets yet
+    # Intel Xeon with AVX-512 (Ice Lake and later): not measured by jaxnets; the AMD kinds' table, whose reasons
+    # (jaxnets' kernels take those paths' layers) hold wherever the kernels run, until tools/kernel_table.py says
+    "intel-avx512": frozenset({"narrow_dense", "one_channel_conv"}),
     "other": frozenset(),  # no AVX-512 (ARM, macOS, older x86): the native kernels cannot run there anyway
 }
 OFF_ENV = "JAXNETS_CPU_OFF"
