@@ -1,6 +1,6 @@
 """jaxnets' own XLA:CPU kernels (runtime/native.py): a narrow dense layer read straight from uint8 pixels, small
 stride-1 convolutions (forward and gradients, at most 16 outputs: LeNet-5) and convolutions with 16·k outputs (forward,
-stride-1 input gradient, weight gradient: ResNet, VGG, AlexNet). They must be built and used where they can be,
+input gradient, weight gradient: ResNet, VGG, AlexNet). They must be built and used where they can be,
 compute what standardize + the product / lax's convolution computes, and give way to XLA's operations wherever they
 cannot run (no compiler, switched off, exported, shapes or dtypes they do not take)."""
 
@@ -238,6 +238,8 @@ def _conv(x, w, strides, padding):
     ((2, 11, 10, 16), (3, 3, 16, 32), (3, 2), ((4, 0), (1, 3))),   # padding wider than the kernel, uneven phases
     ((2, 7, 8, 32), (1, 1, 32, 16), (3, 3), ((0, 0), (0, 0))),     # phases no tap meets: zeros
     ((1, 5, 6, 16), (3, 3, 16, 16), (1, 1), ((3, 3), (2, 4))),     # stride 1, padding wider than the kernel
+    ((1, 3, 3, 16), (3, 3, 16, 16), (2, 2), ((0, 0), (0, 0))),     # one output position
+    ((2, 12, 12, 16), (2, 2, 16, 32), (4, 4), ((0, 0), (0, 0))),   # a stride wider than the kernel, with taps
 ])
 def test_the_wide_kernels_compute_lax_convolution_and_its_gradients(x_shape, w_shape, strides, padding):
     rng = np.random.default_rng(sum(x_shape) + sum(w_shape))

@@ -11,8 +11,9 @@ Why kernels of our own: layers XLA:CPU runs far below the machine's speed (measu
   multiply-adds over the NHWC data as it lies (no transposes); with one input channel 16 outputs of a row go
   along the lanes instead; the input gradient is scattered from each output position (conv_input_grad.cc).
 - `wide_conv_forward`, `wide_conv_weight_grad`: a convolution with 16·k outputs, any stride and padding, and the
-  gradient of its kernel, reading NHWC as it lies where XLA:CPU transposes both operands first. A stride-1
-  layer's input gradient is the forward kernel over the gradient, kernel flipped.
+  gradient of its kernel, reading NHWC as it lies where XLA:CPU transposes both operands first. A layer's
+  input gradient (16·k inputs too) is the forward kernel over the gradient, kernel flipped: for stride s, s·s
+  stride-1 phases (`wide_conv_input_grad`).
 - `depthwise_weight_grad`: the kernel gradient of a 3×3 or 5×5 depthwise convolution (EfficientNet-Lite), which
   XLA:CPU runs as one whole-batch reduction per tap; the kernel keeps every tap's sum in a register instead.
 
@@ -297,7 +298,8 @@ def _phase(size: int, k: int, stride: int, pad: int, out: int, a: int) -> tuple[
     return r, taps, positions, taps - 1 - shift, positions + shift - out
 
 
-def _phase_grad(g: jax.Array, rhs: jax.Array, strides, axes) -> jax.Array:
+def _phase_grad(g: jax.Array, rhs: jax.Array, strides: tuple[int, int],
+                axes: tuple[tuple[int, ...], tuple[int, ...]]) -> jax.Array:
     """The input gradient at one phase (one `_phase` per axis): the forward kernel over g, cut or padded, with
     that phase's taps turned by 180° and their input and output channels swapped."""
     (rh, th, qh, lo_h, hi_h), (rw, tw, qw, lo_w, hi_w) = axes
