@@ -103,7 +103,7 @@ ffi::Error DepthwiseWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ff
   std::vector<float> zeros(static_cast<size_t>(s.w * s.c + 16));
   const float *xp = x.typed_data(), *gp = g.typed_data(), *zp = zeros.data();
   const auto run = s.k == 3 ? taps_block<3> : taps_block<5>;
-  jaxnets::sum_batch_slices(pool, s.n, (s.n + slices - 1) / slices, blocks, size, s.macs() >= jaxnets::kThreadedMacs,
+  jaxnets::sum_batch_slices(pool, s.n, slices, blocks, size, s.macs() >= jaxnets::kThreadedMacs,
                             out, [=](float* partial, int64_t n0, int64_t n1, int64_t block) {
                               run(s, xp, gp, zp, partial, block * 16, n0, n1);
                             });

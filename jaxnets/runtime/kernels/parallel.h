@@ -43,13 +43,13 @@ void parallel_tasks(xla::ffi::ThreadPool& pool, int64_t tasks, bool threaded, Bo
   }
 }
 
-// A sum over the batch in slices of `per` entries: body(partial, n0, n1, part) adds entries [n0, n1) into its
-// slice's own `size` zeroed floats, for each of `parts` parts (blocks of channels a task owns). The partials are
-// then added into `out` in slice order, so no value's order of sums depends on the thread count.
+// A sum over the batch cut into at most `wanted` slices of equal length: body(partial, n0, n1, part) adds entries
+// [n0, n1) into its slice's own `size` zeroed floats, for each of `parts` parts (blocks of channels a task owns).
+// The partials are then added into `out` in slice order, so no value's order of sums depends on the thread count.
 template <class Body>
-void sum_batch_slices(xla::ffi::ThreadPool& pool, int64_t n, int64_t per, int64_t parts, int64_t size, bool threaded,
-                      float* out, Body body) {
-  const int64_t slices = (n + per - 1) / per;
+void sum_batch_slices(xla::ffi::ThreadPool& pool, int64_t n, int64_t wanted, int64_t parts, int64_t size,
+                      bool threaded, float* out, Body body) {
+  const int64_t per = (n + wanted - 1) / wanted, slices = (n + per - 1) / per;
   std::vector<float> partial(static_cast<size_t>(slices * size), 0.0f);
   float* pp = partial.data();
   parallel_tasks(pool, slices * parts, threaded, [=](int64_t t) {

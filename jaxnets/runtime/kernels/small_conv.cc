@@ -263,7 +263,7 @@ ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const float *xd = x.typed_data(), *gd = g.typed_data();
   const auto slice = s.c == 1 ? kOneChannelGrad[s.o - 1] : weight_grad_slice;
   std::vector<float> lanes(static_cast<size_t>(rows * 16), 0.0f);  // dw with its outputs padded to 16 lanes
-  jaxnets::sum_batch_slices(pool, s.n, (s.n + slices - 1) / slices, 1, rows * 16, s.macs() >= jaxnets::kThreadedMacs,
+  jaxnets::sum_batch_slices(pool, s.n, slices, 1, rows * 16, s.macs() >= jaxnets::kThreadedMacs,
                             lanes.data(), [=](float* partial, int64_t n0, int64_t n1, int64_t) {
                               slice(s, xd, gd, partial, n0, n1);
                             });

@@ -285,7 +285,7 @@ ffi::Error WideConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
     });
     return ffi::Error::Success();
   }
-  jaxnets::sum_batch_slices(pool, s.n, (s.n + slices - 1) / slices, 1, size, threaded, out,
+  jaxnets::sum_batch_slices(pool, s.n, slices, 1, size, threaded, out,
                             [=](float* partial, int64_t n0, int64_t n1, int64_t) {
                               weight_grad_slice(s, xp, gp, partial, n0, n1);
                             });
