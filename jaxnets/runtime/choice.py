@@ -37,16 +37,17 @@ NATIVE = ("pixel_dense_kernel", "small_conv_kernel", "wide_conv_kernel", "depthw
 # the standard set by >= 5 % on a kind (tools/kernel_table.py; the table in BENCHMARKS.md) is off on that kind.
 # The table was measured with jaxnets' kernels running, so it applies only where they run: without them a path
 # listed here may be what computes a layer they would take (narrow_dense: the first layer of logistic regression).
+# amd-avx512, measured on AMD EPYC Zen 4 (family 25 model 17), 2026-12-07: narrow_dense gains +2 % at best (a
+# 4096- or 512-input head), -3 to -8 % elsewhere; the pixel-dense kernel takes the layers it was written for.
+# one_channel_conv (shifted slices when predicting) -4 % since the small-conv kernel's one-channel forward,
+# which then takes LeNet-5's first layer through few_channel_conv
+# Zen 5 (family 26 model 2), 2026-12-08: the same (narrow_dense's gains are noise in a one-process A/B)
+_AMD_OFF = frozenset({"narrow_dense", "one_channel_conv"})
 OFF_ON: dict[str, frozenset[str]] = {
-    # amd-avx512, measured on AMD EPYC Zen 4 (family 25 model 17), 2026-12-07: narrow_dense gains +2 % at best (a
-    # 4096- or 512-input head), -3 to -8 % elsewhere; the pixel-dense kernel takes the layers it was written for.
-    # one_channel_conv (shifted slices when predicting) -4 % since the small-conv kernel's one-channel forward,
-    # which then takes LeNet-5's first layer through few_channel_conv
-    # Zen 5 (family 26 model 2), 2026-12-08: the same (narrow_dense's gains are noise in a one-process A/B)
-    "amd-avx512": frozenset({"narrow_dense", "one_channel_conv"}),
+    "amd-avx512": _AMD_OFF,
     # Intel Xeon with AVX-512 (Ice Lake and later): not measured by jaxnets; the AMD kinds' table, whose reasons
     # (jaxnets' kernels take those paths' layers) hold wherever the kernels run, until tools/kernel_table.py says
-    "intel-avx512": frozenset({"narrow_dense", "one_channel_conv"}),
+    "intel-avx512": _AMD_OFF,
     "other": frozenset(),  # no AVX-512 (ARM, macOS, older x86): the native kernels cannot run there anyway
 }
 OFF_ENV = "JAXNETS_CPU_OFF"
